@@ -1,0 +1,1 @@
+"""Fulfillment activities, the warehouse interface and the marketplace client."""

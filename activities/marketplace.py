@@ -1,0 +1,169 @@
+"""The calls the seller makes back to the marketplace, as in
+`vtex-external-seller-marketplace.openapi.json`: the invoice and the tracking information.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+from temporalio.exceptions import ApplicationError
+
+from activities.warehouse import Invoice
+from workflows.messages import CamelModel, Tracking
+
+if TYPE_CHECKING:
+    from config import Settings
+
+# Statuses worth another try: the marketplace is overloaded or restarting. Any other 4xx says the
+# request itself is wrong, and sending it again cannot help.
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+class InvoiceNotice(CamelModel):
+    """Send the invoice of an order to its marketplace."""
+
+    marketplace_services_endpoint: str
+    marketplace_order_id: str
+    invoice: Invoice
+    tracking: Tracking | None = None
+
+
+class TrackingNotice(CamelModel):
+    """Send the tracking information of an invoiced order to its marketplace."""
+
+    marketplace_services_endpoint: str
+    marketplace_order_id: str
+    invoice_number: str
+    tracking: Tracking
+    dispatched_date: datetime
+
+
+class MarketplaceAnswer(CamelModel):
+    """What the marketplace answered (`responseFulfill`)."""
+
+    status_code: int
+    receipt: str | None = None
+    date: str | None = None
+
+
+class MarketplaceUnavailable(Exception):
+    """The marketplace did not answer, or answered 5xx / 408 / 429: retried by Temporal."""
+
+
+def marketplace_url(endpoint: str, *segments: str) -> str:
+    """Append path segments to `marketplaceServicesEndpoint`, keeping its own path and query.
+
+    VTEX's endpoint often carries both, e.g. `http://oms.vtexinternal.com.br/api/oms?an=store`.
+    """
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/") + "".join("/" + quote(segment, safe="") for segment in segments)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def invoice_body(invoice: Invoice, tracking: Tracking | None) -> dict[str, Any]:
+    """The `requestSendInvoice` body."""
+    body: dict[str, Any] = {
+        "type": "Output",
+        "invoiceNumber": invoice.invoice_number,
+        "items": [
+            {"id": line.sku, "quantity": line.quantity, "price": line.price}
+            for line in invoice.lines
+        ],
+        "issuanceDate": invoice.issuance_date.strftime("%Y-%m-%dT%H:%M:%S"),
+        "invoiceValue": invoice.invoice_value,
+    }
+    if tracking is not None:
+        body |= {
+            "courier": tracking.courier,
+            "trackingNumber": tracking.tracking_number,
+            "trackingUrl": tracking.tracking_url,
+        }
+    return body
+
+
+def tracking_body(tracking: Tracking, dispatched_date: datetime) -> dict[str, Any]:
+    """The `requestSendTracking` body."""
+    return {
+        "courier": tracking.courier,
+        "trackingNumber": tracking.tracking_number,
+        "trackingUrl": tracking.tracking_url,
+        "dispatchedDate": dispatched_date.strftime("%Y-%m-%d"),
+    }
+
+
+class MarketplaceClient:
+    """Posts to the marketplace with the seller's VTEX app key, when one is configured."""
+
+    def __init__(self, http: httpx.AsyncClient, app_key: str = "", app_token: str = "") -> None:
+        self._http = http
+        self._auth_headers = (
+            {"X-VTEX-API-AppKey": app_key, "X-VTEX-API-AppToken": app_token}
+            if app_key and app_token
+            else {}
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MarketplaceClient:
+        """A client with the timeouts and credentials of the settings."""
+        http = httpx.AsyncClient(timeout=settings.marketplace_timeout_seconds)
+        return cls(http, settings.marketplace_app_key, settings.marketplace_app_token)
+
+    async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
+        """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice."""
+        url = marketplace_url(
+            notice.marketplace_services_endpoint,
+            "pvt",
+            "orders",
+            notice.marketplace_order_id,
+            "invoice",
+        )
+        return await self._post(url, invoice_body(notice.invoice, notice.tracking))
+
+    async def send_tracking(self, notice: TrackingNotice) -> MarketplaceAnswer:
+        """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice/{invoiceNumber}."""
+        url = marketplace_url(
+            notice.marketplace_services_endpoint,
+            "pvt",
+            "orders",
+            notice.marketplace_order_id,
+            "invoice",
+            notice.invoice_number,
+        )
+        return await self._post(url, tracking_body(notice.tracking, notice.dispatched_date))
+
+    async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
+        headers = {"Accept": "application/json", **self._auth_headers}
+        try:
+            response = await self._http.post(url, json=body, headers=headers)
+        except httpx.HTTPError as err:
+            raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
+        if response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES:
+            raise MarketplaceUnavailable(f"POST {url} answered {response.status_code}")
+        if response.status_code >= 400:
+            raise ApplicationError(
+                f"POST {url} answered {response.status_code}: {response.text[:500]}",
+                type="MarketplaceRejected",
+                non_retryable=True,
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        return MarketplaceAnswer(
+            status_code=response.status_code,
+            receipt=_text_or_none(answer.get("receipt")),
+            date=_text_or_none(answer.get("date")),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

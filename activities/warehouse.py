@@ -1,0 +1,147 @@
+"""The seller's systems as the fulfillment activities see them: stock, pick and pack, carrier,
+invoicing.
+
+A deployment plugs its own systems in by writing a class with these methods and naming a factory
+for it in the `WAREHOUSE` setting (`module:callable`, called with the `Settings`). The default is
+`activities.simulated_warehouse`, which needs no configuration.
+
+The contract every implementation keeps:
+- Every method is idempotent per `order_id`: Temporal retries an activity after a crash or a
+  timeout, and the second call must answer what the first did (the same label, the same invoice
+  number) without doing the work twice.
+- Any call may be cancelled (`asyncio.CancelledError`) while it runs: a marketplace cancellation
+  stops the step mid-way. A cancelled call leaves either nothing behind or something that
+  `release` and `void_label` undo.
+- `issue_invoice` is the point of no return and it races with `release`: whichever commits first
+  wins, atomically. `release` of an invoiced order raises `AlreadyInvoiced`; `issue_invoice` of a
+  released order raises `OrderReleased`.
+- Methods do not heartbeat: the activities around them do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from workflows.messages import CamelModel, OrderLine
+
+if TYPE_CHECKING:
+    from config import Settings
+
+
+class WarehouseOrder(CamelModel):
+    """An order as the warehouse needs it."""
+
+    order_id: str
+    marketplace_order_id: str
+    lines: list[OrderLine]
+    freight_value: int = 0
+    shipping_address: dict[str, object] | None = None
+
+
+class Reservation(CamelModel):
+    """Stock held for an order."""
+
+    order_id: str
+    lines: list[OrderLine]
+    reserved_at: datetime
+
+
+class ShippingLabel(CamelModel):
+    """The carrier's label for an order's parcel."""
+
+    label_id: str
+    courier: str
+    tracking_number: str
+    tracking_url: str
+    created_at: datetime
+
+
+class Invoice(CamelModel):
+    """The fiscal invoice of an order."""
+
+    invoice_number: str
+    issuance_date: datetime
+    # Items plus freight, in cents.
+    invoice_value: int
+    lines: list[OrderLine]
+
+
+class WarehouseError(Exception):
+    """A refusal that retrying cannot change."""
+
+
+class OutOfStock(WarehouseError):
+    """Not enough available stock to reserve the order."""
+
+    def __init__(self, sku: str, requested: int, available: int) -> None:
+        super().__init__(f"SKU {sku}: {requested} requested, {available} available")
+        self.sku = sku
+        self.requested = requested
+        self.available = available
+
+
+class AlreadyInvoiced(WarehouseError):
+    """The order's invoice is issued: its stock is committed and cannot be released."""
+
+
+class OrderReleased(WarehouseError):
+    """The order's stock was released (it was canceled or expired): it cannot be invoiced."""
+
+
+class UnknownOrder(WarehouseError):
+    """The warehouse has no reservation for this order."""
+
+
+class Warehouse(Protocol):
+    """What the fulfillment activities need from the seller's systems."""
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        """Hold stock for every line, all or nothing. Raises `OutOfStock`."""
+        ...
+
+    async def pick(self, order_id: str) -> None:
+        """Pick the order's items from the shelves."""
+        ...
+
+    async def pack(self, order_id: str) -> None:
+        """Pack the picked items into a parcel."""
+        ...
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        """Buy the carrier's label: courier, tracking number and URL."""
+        ...
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        """Issue the invoice and commit the reserved stock as shipped. Raises `OrderReleased`."""
+        ...
+
+    async def release(self, order_id: str) -> bool:
+        """Return the reserved stock; False if there was nothing left to release.
+
+        Raises `AlreadyInvoiced`.
+        """
+        ...
+
+    async def void_label(self, order_id: str) -> bool:
+        """Void the order's label; False if it has none or it was voided already."""
+        ...
+
+    async def close(self) -> None:
+        """Free what the warehouse holds (connections, files)."""
+        ...
+
+
+def load_warehouse(settings: Settings) -> Warehouse:
+    """Build the warehouse named by `settings.warehouse` (`module:callable`)."""
+    module_name, _, attribute_path = settings.warehouse.partition(":")
+    if not attribute_path:
+        raise ValueError(f"WAREHOUSE={settings.warehouse!r} is not of the form module:callable")
+    factory: object = importlib.import_module(module_name)
+    for attribute in attribute_path.split("."):
+        factory = getattr(factory, attribute)
+    if not callable(factory):
+        raise ValueError(f"WAREHOUSE={settings.warehouse!r} does not name a callable")
+    warehouse: Warehouse = factory(settings)
+    return warehouse

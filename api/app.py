@@ -1,0 +1,66 @@
+"""The FastAPI app: the External Seller endpoints as VTEX calls them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.errors import install_error_handlers
+from api.models import OrderPlacement, RequestOrderId
+from api.routes import health, orders
+from config import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    """The app; it connects its own Temporal client unless given one."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.client is None:
+            # Lazy: the API starts even while Temporal is still starting; /healthz tells.
+            app.state.client = await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+                lazy=True,
+            )
+        yield
+
+    app = FastAPI(
+        title="VTEX External Seller connector",
+        summary="Order placement, dispatching and cancellation on durable Temporal workflows.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.client = client
+    install_error_handlers(app)
+    app.include_router(orders.router)
+    app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request bodies the routes parse themselves."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (OrderPlacement, RequestOrderId):
+        model_schema = model.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    app.openapi_schema = schema
+    return schema

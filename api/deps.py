@@ -1,0 +1,46 @@
+"""What route handlers receive: the settings, the one Temporal client, the caller's credentials."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from temporalio.client import Client
+
+from api.errors import ApiError
+from config import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with (tests create apps with their own)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_client(request: Request) -> Client:
+    """The process's one Temporal client, created in the app's lifespan."""
+    client: Client = request.app.state.client
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[Client, Depends(get_client)]
+
+
+def require_vtex_credentials(
+    settings: SettingsDep,
+    app_key: Annotated[str | None, Header(alias="X-VTEX-API-AppKey")] = None,
+    app_token: Annotated[str | None, Header(alias="X-VTEX-API-AppToken")] = None,
+) -> None:
+    """Check the app key and token VTEX sends, when SELLER_APP_KEY/SELLER_APP_TOKEN are set."""
+    if not settings.seller_auth_enabled:
+        return
+    key_ok = secrets.compare_digest((app_key or "").encode(), settings.seller_app_key.encode())
+    token_ok = secrets.compare_digest(
+        (app_token or "").encode(), settings.seller_app_token.encode()
+    )
+    if not (key_ok and token_ok):
+        raise ApiError(
+            401, "Unauthorized", "missing or wrong X-VTEX-API-AppKey / X-VTEX-API-AppToken"
+        )

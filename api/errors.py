@@ -1,0 +1,135 @@
+"""One error shape for every answer that is not a success:
+`{"error": {"code": "...", "message": "..."}}`.
+
+Bad input is a 4xx that says which field is wrong; Temporal being out of reach is a 503 the
+marketplace retries; nothing a client sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.models import Error, ErrorBody, ErrorDetail
+
+log = logging.getLogger("api")
+
+# The order workflow's refusals (ApplicationError types) and the HTTP status each one gets.
+CONFLICT_TYPES = frozenset(
+    {
+        "MarketplaceOrderIdMismatch",
+        "OrderCanceled",
+        "OrderExpired",
+        "OrderInvoiced",
+        "OutOfStock",
+    }
+)
+
+
+class ApiError(Exception):
+    """An answer other than success, with its status, stable code and message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        """The JSON answer."""
+        body = ErrorBody(error=Error(code=self.code, message=self.message, details=self.details))
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=self.status, headers=self.headers
+        )
+
+
+def not_found(order_id: str) -> ApiError:
+    """The 404 of an order this seller does not have."""
+    return ApiError(404, "OrderNotFound", f"order {order_id} not found")
+
+
+def unavailable(message: str) -> ApiError:
+    """A 503 the marketplace should retry: nothing was lost, the retry joins the same work."""
+    return ApiError(503, "ServiceUnavailable", message, headers={"Retry-After": "2"})
+
+
+def invalid_request(errors: Sequence[Any]) -> ApiError:
+    """A 400 naming every field that is wrong, as `items[0].quantity`."""
+    details = [
+        ErrorDetail(field=field_path(error.get("loc", ())), message=error.get("msg", "invalid"))
+        for error in errors
+    ]
+    first = details[0] if details else ErrorDetail(field="body", message="invalid")
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(400, "InvalidRequest", f"{first.field}: {first.message}{more}", details)
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """`("body", "items", 0, "quantity")` -> `items[0].quantity`."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def parse_json(raw: bytes, content_type: str | None) -> Any:
+    """The JSON of a request body, or the 4xx that says why it is not."""
+    if content_type and "json" not in content_type.lower():
+        raise ApiError(415, "UnsupportedMediaType", f"send application/json, not {content_type}")
+    if not raw.strip():
+        raise ApiError(400, "InvalidRequest", "the body is empty; a JSON object is expected")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, "MalformedJson", f"the body is not valid JSON: {err}") from err
+
+
+def validation_error(err: ValidationError) -> ApiError:
+    """A pydantic validation error as a 400."""
+    return invalid_request(err.errors(include_url=False))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure, expected or not, through the one error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        return invalid_request(err.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NotFound", 405: "MethodNotAllowed"}
+        return ApiError(
+            err.status_code, codes.get(err.status_code, "HttpError"), str(err.detail)
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return ApiError(500, "InternalError", "unexpected error; it was logged").response()

@@ -1,0 +1,238 @@
+"""The bodies VTEX sends and expects, named after the schemas of
+`vtex-external-seller-fulfillment.openapi.json`.
+
+Types are strict (a string where the spec says integer is a 400, not a silent conversion) and
+unknown fields are kept: marketplaces add fields over time, and an order must not be refused for
+carrying one more.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from workflows.durations import parse_duration
+from workflows.ids import ORDER_ID_PATTERN
+
+OrderIdText = Annotated[str, Field(pattern=ORDER_ID_PATTERN)]
+
+
+class VtexModel(BaseModel):
+    """camelCase on the wire, strict types, unknown fields kept."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        strict=True,
+        extra="allow",
+    )
+
+
+class BundleItem(VtexModel):
+    """`bundleItemsItem`."""
+
+    type: str | None = None
+    id: int | None = None
+    name: str | None = None
+    price: int | None = None
+
+
+class ItemAttachment(VtexModel):
+    """`itemAttachment`."""
+
+    name: str | None = None
+    content: str | None = None
+
+
+class PriceTag(VtexModel):
+    """An item's price tag (discounts, taxes)."""
+
+    identifier: str | None = None
+    is_percentual: bool | None = None
+    name: str | None = None
+    raw_value: int | None = None
+    value: int | None = None
+
+
+class PlacementItem(VtexModel):
+    """An item of `orderPlacement.items`."""
+
+    id: str = Field(min_length=1)
+    quantity: int = Field(ge=1)
+    seller: str | None = None
+    commission: int | None = None
+    freight_commission: int | None = None
+    # Unit price in cents.
+    price: int = Field(default=0, ge=0)
+    bundle_items: list[BundleItem] | None = None
+    items_attachment: list[ItemAttachment] | None = None
+    attachments: list[Any] | None = None
+    price_tags: list[PriceTag] | None = None
+    measurement_unit: str | None = None
+    unit_multiplier: int | None = None
+    is_gift: bool | None = None
+
+
+class ClientProfileData(VtexModel):
+    """`orderPlacement.clientProfileData`."""
+
+    email: str
+    first_name: str
+    last_name: str
+    document_type: str
+    document: str
+    phone: str | None = None
+    corporate_name: str | None = None
+    trade_name: str | None = None
+    corporate_document: str | None = None
+    state_inscription: str | None = None
+    corporate_phone: str | None = None
+    is_corporate: bool | None = False
+
+
+class Address(VtexModel):
+    """`orderPlacement.shippingData.address`."""
+
+    address_type: str
+    receiver_name: str
+    address_id: str | None = None
+    postal_code: str
+    city: str
+    state: str
+    country: str
+    street: str
+    number: str
+    neighborhood: str
+    complement: str | None = None
+    reference: str | None = None
+    geo_coordinates: list[str] | None = None
+
+
+class DeliveryWindow(VtexModel):
+    """A scheduled delivery's window."""
+
+    start_date_utc: str | None = None
+    end_date_utc: str | None = None
+    list_price: float | None = None
+
+
+class LogisticsInfo(VtexModel):
+    """`orderPlacement.shippingData.logisticsInfo[]`."""
+
+    item_index: int = Field(ge=0)
+    selected_sla: str
+    lock_ttl: str | None = Field(default=None, alias="lockTTL")
+    shipping_estimate: str | None = None
+    # Freight in cents.
+    price: int = Field(ge=0)
+    delivery_window: DeliveryWindow | None = None
+
+    @field_validator("lock_ttl")
+    @classmethod
+    def _lock_ttl_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class ShippingData(VtexModel):
+    """`orderPlacement.shippingData`."""
+
+    address: Address | None = None
+    logistics_info: list[LogisticsInfo] | None = None
+    update_status: str | None = None
+
+
+class MarketingData(VtexModel):
+    """`orderPlacement.marketingData`."""
+
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utmi_page: str | None = None
+    utmi_part: str | None = None
+    utmi_campaign: str | None = None
+
+
+class OrderPlacement(VtexModel):
+    """`orderPlacement`: the order the marketplace places with the seller."""
+
+    marketplace_order_id: OrderIdText
+    # Where the invoice and tracking go; the spec leaves it optional, this seller needs it.
+    marketplace_services_endpoint: str
+    marketplace_payment_value: int | None = None
+    items: list[PlacementItem] = Field(min_length=1)
+    payment_data: dict[str, Any] | None = None
+    client_profile_data: ClientProfileData | None = None
+    shipping_data: ShippingData | None = None
+    marketing_data: MarketingData | None = None
+    open_text_field: str | None = None
+
+    @field_validator("marketplace_services_endpoint")
+    @classmethod
+    def _is_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL, e.g. https://store.vtexcommercestable.com.br")
+        return value
+
+
+class ResponseOrderPlacement(VtexModel):
+    """`responseOrderPlacement`: the placement echoed with the seller's `orderId`."""
+
+    marketplace_order_id: str
+    order_id: str
+    follow_up_email: str | None = None
+    items: list[PlacementItem]
+    client_profile_data: ClientProfileData | None = None
+    shipping_data: ShippingData | None = None
+    payment_data: dict[str, Any] | None = None
+
+
+class RequestOrderId(VtexModel):
+    """`requestOrderId`: the body of dispatch and cancellation.
+
+    Marketplaces may add `reason`, `cancellationRequestId` and `requestedByUser` to a
+    cancellation; the order keeps them.
+    """
+
+    marketplace_order_id: OrderIdText
+    reason: str | None = None
+    cancellation_request_id: str | None = None
+    # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
+    requested_by_user: bool | str | None = None
+
+
+class ResponseOrderId(VtexModel):
+    """`repsonseOrderId` (sic): the receipt of dispatch and of a confirmed cancellation."""
+
+    date: str
+    marketplace_order_id: str
+    order_id: str
+    receipt: str
+
+
+class ErrorDetail(BaseModel):
+    """One field that made a request invalid."""
+
+    field: str
+    message: str
+
+
+class Error(BaseModel):
+    """What went wrong, for people and for scripts (`code` is stable)."""
+
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"code": ..., "message": ...}}`."""
+
+    error: Error

@@ -1,0 +1,107 @@
+"""Settings of the API and the worker, read from the environment.
+
+One class for both processes so that a value (the task queue, the data directory) cannot drift
+between them. Tests build their own `Settings` instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import temporalio.activity
+import temporalio.workflow
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workflows.durations import parse_duration
+from workflows.ids import DEFAULT_TASK_QUEUE
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, each one an environment variable of the same name in capitals."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    # Temporal
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = DEFAULT_TASK_QUEUE
+    # Shown as a link on GET /pvt/orders/{orderId} when set, e.g. http://localhost:8233.
+    temporal_ui_url: str = ""
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # When both are set, every /pvt call must carry them in X-VTEX-API-AppKey / X-VTEX-API-AppToken.
+    seller_app_key: str = ""
+    seller_app_token: str = ""
+    # How long the API waits for the worker to accept a placement, dispatch or cancellation
+    # before it answers 503 (the marketplace retries; the retry joins the same Temporal update).
+    update_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Cancellation "Evaluate" bound: past it the API answers 200 with an empty body.
+    cancel_confirm_seconds: float = Field(default=2.0, gt=0)
+    # Put in the placement answer as followUpEmail when set.
+    follow_up_email: str = ""
+
+    # Order workflow
+    # Used when a placement has no shippingData.logisticsInfo[].lockTTL. Same format: 8d, 12h, 30m.
+    default_lock_ttl: str = "8d"
+    # How long an order's workflow stays open after it ends (invoiced, canceled, expired) so that
+    # late calls are answered by the order itself: e.g. a cancellation of an invoiced order resends
+    # the invoice. Calls after that are answered from the closed workflow's state.
+    late_call_window: str = "1d"
+
+    # Outbound calls to the marketplace (invoice, tracking)
+    marketplace_app_key: str = ""
+    marketplace_app_token: str = ""
+    marketplace_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Warehouse
+    # "module:callable" returning a Warehouse; see activities/warehouse.py.
+    warehouse: str = "activities.simulated_warehouse:SimulatedWarehouse.from_settings"
+    data_dir: Path = Path(".data")
+    # The simulated warehouse's SQLite file; defaults to $DATA_DIR/warehouse.db.
+    warehouse_db: Path | None = None
+    # Stock a SKU the simulated warehouse has never seen starts with.
+    default_stock: int = Field(default=1000, ge=0)
+    # How long each simulated step (pick, pack, ship, invoice) takes.
+    fulfillment_step_seconds: float = Field(default=2.0, ge=0)
+
+    @field_validator("default_lock_ttl", "late_call_window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def warehouse_db_path(self) -> Path:
+        """The simulated warehouse's SQLite file."""
+        return self.warehouse_db or self.data_dir / "warehouse.db"
+
+    @property
+    def seller_auth_enabled(self) -> bool:
+        """Whether inbound calls must carry the seller's app key and token."""
+        return bool(self.seller_app_key and self.seller_app_token)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
+
+
+def configure_logging() -> None:
+    """Readable one-line logs with the time and the component, for every process."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    # One line per HTTP call to the marketplace is noise next to the activity's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Our messages name the order; the SDK's appended dict of ids would double each line. The
+    # ids stay on every record as `temporal_workflow` / `temporal_activity` for log shippers.
+    temporalio.workflow.logger.workflow_info_on_message = False
+    temporalio.activity.logger.activity_info_on_message = False

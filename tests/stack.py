@@ -1,0 +1,198 @@
+"""The service as tests run it: a real worker, the real API over HTTP, a fake marketplace."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openapi_schema_validator import OAS30Validator
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.simulated_warehouse import SimulatedWarehouse
+from api.app import create_app
+from config import Settings
+from devtools.fake_marketplace import FakeMarketplaceState, serve_fake_marketplace
+from devtools.serving import serve_asgi
+from worker import run_worker
+from workflows import ids
+from workflows.messages import OrderView
+from workflows.order import OrderWorkflow
+
+CONTRACT_DIR = Path(__file__).resolve().parent.parent / "contract"
+
+
+@lru_cache
+def fulfillment_spec() -> dict[str, Any]:
+    """VTEX's OpenAPI file for the calls the marketplace makes to the seller."""
+    spec: dict[str, Any] = json.loads(
+        (CONTRACT_DIR / "vtex-external-seller-fulfillment.openapi.json").read_text()
+    )
+    return spec
+
+
+def assert_matches_schema(instance: Any, schema_name: str) -> None:
+    """Validate `instance` against `components/schemas/<schema_name>` of the fulfillment spec."""
+    spec = fulfillment_spec()
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    errors = sorted(OAS30Validator(root).iter_errors(instance), key=str)
+    assert not errors, f"not a valid {schema_name}: {[e.message for e in errors]}"
+
+
+def placement_example(marketplace_order_id: str, endpoint: str, **changes: Any) -> dict[str, Any]:
+    """The spec's own placement example, with a fresh id and our fake marketplace's URL."""
+    operation = fulfillment_spec()["paths"]["/pvt/orders"]["post"]
+    body: dict[str, Any] = copy.deepcopy(
+        operation["requestBody"]["content"]["application/json"]["example"]
+    )
+    body["marketplaceOrderId"] = marketplace_order_id
+    body["marketplaceServicesEndpoint"] = endpoint
+    body.update(changes)
+    return body
+
+
+def new_order_id() -> str:
+    """A marketplaceOrderId no other test uses."""
+    return f"T{uuid.uuid4().hex[:12]}-01"
+
+
+@dataclass
+class Stack:
+    """Everything a test talks to."""
+
+    settings: Settings
+    client: Client
+    http: httpx.AsyncClient
+    marketplace_url: str
+    marketplace: FakeMarketplaceState
+    warehouse: SimulatedWarehouse
+
+    @property
+    def endpoint(self) -> str:
+        """A marketplaceServicesEndpoint with a path and query, as VTEX sends them."""
+        return f"{self.marketplace_url}/api/oms?an=teststore"
+
+    def handle(self, marketplace_order_id: str) -> WorkflowHandle[OrderWorkflow, OrderView]:
+        """The order's workflow."""
+        return self.client.get_workflow_handle_for(
+            OrderWorkflow.run, ids.workflow_id(marketplace_order_id)
+        )
+
+    async def place(self, marketplace_order_id: str, **changes: Any) -> httpx.Response:
+        """POST /pvt/orders with the spec's example body."""
+        body = placement_example(marketplace_order_id, self.endpoint, **changes)
+        return await self.http.post("/pvt/orders", json=body)
+
+    async def dispatch(
+        self, marketplace_order_id: str, path_id: str | None = None
+    ) -> httpx.Response:
+        """POST /pvt/orders/{orderId}/fulfill."""
+        path_id = path_id or ids.seller_order_id(marketplace_order_id)
+        return await self.http.post(
+            f"/pvt/orders/{path_id}/fulfill", json={"marketplaceOrderId": marketplace_order_id}
+        )
+
+    async def cancel(
+        self, marketplace_order_id: str, path_id: str | None = None, **extra: Any
+    ) -> httpx.Response:
+        """POST /pvt/orders/{orderId}/cancel."""
+        path_id = path_id or ids.seller_order_id(marketplace_order_id)
+        return await self.http.post(
+            f"/pvt/orders/{path_id}/cancel",
+            json={"marketplaceOrderId": marketplace_order_id, **extra},
+        )
+
+    async def order(self, marketplace_order_id: str) -> dict[str, Any]:
+        """GET /pvt/orders/{orderId}, asserting 200."""
+        response = await self.http.get(f"/pvt/orders/{ids.seller_order_id(marketplace_order_id)}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_for(
+        self, marketplace_order_id: str, predicate: Any, within: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll GET /pvt/orders/{orderId} until `predicate(order)` holds."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            order = await self.order(marketplace_order_id)
+            if predicate(order):
+                return order
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; the order is {order}")
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_stack(
+    env: WorkflowEnvironment, data_dir: Path, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """A fake marketplace, a worker and the API on a task queue of their own."""
+    values: dict[str, Any] = {
+        "task_queue": f"test-{uuid.uuid4()}",
+        "data_dir": data_dir,
+        "fulfillment_step_seconds": 0.05,
+        "late_call_window": "0s",
+        "default_stock": 1000,
+        "temporal_ui_url": "http://127.0.0.1:8233",
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with serve_fake_marketplace() as marketplace:
+        worker = asyncio.create_task(run_worker(settings, env.client, stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 15)
+            app = create_app(settings, client=env.client)
+            async with (
+                serve_asgi(app) as api_url,
+                httpx.AsyncClient(base_url=api_url, timeout=30) as http,
+            ):
+                yield Stack(
+                    settings=settings,
+                    client=env.client,
+                    http=http,
+                    marketplace_url=marketplace.url,
+                    marketplace=marketplace.state,
+                    warehouse=SimulatedWarehouse.from_settings(settings),
+                )
+        finally:
+            stop.set()
+            await worker
+
+
+async def activity_events(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, str]]:
+    """(activity type, how it ended) for every activity in the workflow's history."""
+    scheduled: dict[int, str] = {}
+    outcomes: list[tuple[str, str]] = []
+    endings = {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "completed",
+        EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "canceled",
+        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "failed",
+        EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "timed out",
+    }
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attributes = event.activity_task_scheduled_event_attributes
+            scheduled[event.event_id] = attributes.activity_type.name
+        elif event.event_type in endings:
+            ending = endings[event.event_type]
+            field = {
+                "completed": "activity_task_completed_event_attributes",
+                "canceled": "activity_task_canceled_event_attributes",
+                "failed": "activity_task_failed_event_attributes",
+                "timed out": "activity_task_timed_out_event_attributes",
+            }[ending]
+            scheduled_id = getattr(event, field).scheduled_event_id
+            outcomes.append((scheduled[scheduled_id], ending))
+    return outcomes

@@ -1,0 +1,1 @@
+"""The order workflow and the types it exchanges. Deterministic code only."""

@@ -1,0 +1,185 @@
+"""What the order workflow takes, answers and shows: its input, its updates and its query.
+
+Every model is camelCase on the wire (VTEX's casing, also what the Temporal UI shows) and
+snake_case in Python. Each workflow, update, query and activity takes one of these and returns
+one, so fields can be added without breaking running orders.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+# The seed's date format, "2014-10-06 18:52:00", always UTC.
+VTEX_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class CamelModel(BaseModel):
+    """A model that reads and writes camelCase JSON."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class OrderStatus(StrEnum):
+    """Where an order is. `invoiced`, `canceled` and `expired` are final."""
+
+    PLACED = "placed"
+    FULFILLING = "fulfilling"
+    INVOICED = "invoiced"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+
+FINAL_STATUSES = frozenset({OrderStatus.INVOICED, OrderStatus.CANCELED, OrderStatus.EXPIRED})
+
+
+class FulfillmentStep(StrEnum):
+    """The fulfillment activities, in the order they run."""
+
+    PICK = "pick"
+    PACK = "pack"
+    SHIP = "ship"
+    INVOICE = "invoice"
+
+
+class OrderLine(CamelModel):
+    """One item of the order as the warehouse sees it."""
+
+    sku: str
+    quantity: int
+    # Unit price in cents, as VTEX sends it.
+    price: int = 0
+
+
+class OrderInput(CamelModel):
+    """What the order workflow starts with: the placement, reduced to what fulfillment needs."""
+
+    marketplace_order_id: str
+    order_id: str
+    marketplace_services_endpoint: str
+    lines: list[OrderLine]
+    # Freight in cents (sum of shippingData.logisticsInfo[].price), part of the invoice value.
+    freight_value: int = 0
+    shipping_address: dict[str, object] | None = None
+    placed_at: datetime
+    lock_ttl_seconds: float
+    late_call_window_seconds: float
+
+
+class PlaceRequest(CamelModel):
+    """The placement, sent as an update with the workflow's start."""
+
+    received_at: datetime
+
+
+class PlacementResult(CamelModel):
+    """The placement's outcome once the stock is reserved."""
+
+    order_id: str
+    marketplace_order_id: str
+    reserved_at: datetime
+
+
+class DispatchRequest(CamelModel):
+    """Order Dispatching: the marketplace authorizes fulfillment."""
+
+    marketplace_order_id: str
+    received_at: datetime
+
+
+class CancelRequest(CamelModel):
+    """Marketplace Order Cancellation, with the optional fields marketplaces add."""
+
+    marketplace_order_id: str
+    received_at: datetime
+    reason: str | None = None
+    cancellation_request_id: str | None = None
+    # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
+    requested_by_user: bool | str | None = None
+
+
+class OrderReceipt(CamelModel):
+    """The answer of dispatch and a confirmed cancellation: VTEX's `repsonseOrderId`."""
+
+    date: str
+    marketplace_order_id: str
+    order_id: str
+    receipt: str
+
+
+class StepRecord(CamelModel):
+    """One fulfillment step as it ran."""
+
+    name: FulfillmentStep
+    status: str  # running, completed, cancelled, failed
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+class Cancellation(CamelModel):
+    """A cancellation request as the order keeps it."""
+
+    receipt: OrderReceipt
+    requested_at: datetime
+    reason: str | None = None
+    cancellation_request_id: str | None = None
+    # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
+    requested_by_user: bool | str | None = None
+    # confirmed, pending (compensating), refused (the order was invoiced)
+    outcome: str = "pending"
+
+
+class Tracking(CamelModel):
+    """The carrier's label, as sent to the marketplace."""
+
+    courier: str
+    tracking_number: str
+    tracking_url: str
+
+
+class InvoiceView(CamelModel):
+    """The invoice and what the marketplace answered to it."""
+
+    invoice_number: str
+    issuance_date: datetime
+    invoice_value: int
+    sent_at: datetime | None = None
+    send_error: str | None = None
+    tracking_sent_at: datetime | None = None
+    tracking_send_error: str | None = None
+    resent_count: int = 0
+
+
+class OrderView(CamelModel):
+    """The order as people and scripts see it (GET /pvt/orders/{orderId})."""
+
+    order_id: str
+    marketplace_order_id: str
+    workflow_id: str
+    status: OrderStatus
+    current_step: FulfillmentStep | None = None
+    status_reason: str | None = None
+    placed_at: datetime
+    reserved_at: datetime | None = None
+    lock_expires_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    invoiced_at: datetime | None = None
+    canceled_at: datetime | None = None
+    expired_at: datetime | None = None
+    closes_at: datetime | None = None
+    items: list[OrderLine]
+    marketplace_services_endpoint: str
+    dispatch: OrderReceipt | None = None
+    cancellation: Cancellation | None = None
+    steps: list[StepRecord] = []
+    compensations: list[str] = []
+    tracking: Tracking | None = None
+    invoice: InvoiceView | None = None
