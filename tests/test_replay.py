@@ -1,0 +1,93 @@
+"""Recorded order histories replay without non-determinism.
+
+Two sources: histories recorded now, from the main scenarios, and the histories committed under
+tests/histories/, recorded by earlier versions of the workflow. A change to the workflow that
+would break a running order fails here; guard it with `workflow.patched()`.
+
+To add today's histories to the committed ones: `RECORD_HISTORIES=1 make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from tests.stack import Stack, new_order_id, running_stack
+from workflows.order import OrderWorkflow
+
+HISTORY_DIR = Path(__file__).resolve().parent / "histories"
+
+
+def replayer() -> Replayer:
+    """A replayer of the order workflow with the service's data converter."""
+    return Replayer(workflows=[OrderWorkflow], data_converter=pydantic_data_converter)
+
+
+async def _invoiced_then_refused(stack: Stack) -> str:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
+    assert (await stack.cancel(order_id)).status_code == 409
+    return order_id
+
+
+async def _canceled_mid_step(stack: Stack) -> str:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["currentStep"] == "pack")
+    assert (await stack.cancel(order_id)).status_code == 200
+    return order_id
+
+
+async def _canceled_before_dispatch(stack: Stack) -> str:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    assert (await stack.cancel(order_id)).status_code == 200
+    await stack.handle(order_id).result()
+    return order_id
+
+
+async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    histories: dict[str, WorkflowHistory] = {}
+    async with running_stack(
+        temporal_env, tmp_path, fulfillment_step_seconds=0.3, late_call_window="2s"
+    ) as stack:
+        scenarios = {
+            "invoiced_then_refused": _invoiced_then_refused,
+            "canceled_mid_step": _canceled_mid_step,
+            "canceled_before_dispatch": _canceled_before_dispatch,
+        }
+        for name, scenario in scenarios.items():
+            order_id = await scenario(stack)
+            handle = stack.handle(order_id)
+            await handle.result()  # the whole life, late-call window included
+            histories[name] = await handle.fetch_history()
+
+    for name, history in histories.items():
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{name}: {result.replay_failure}"
+
+    if os.environ.get("RECORD_HISTORIES"):
+        HISTORY_DIR.mkdir(exist_ok=True)
+        for name, history in histories.items():
+            (HISTORY_DIR / f"{name}.json").write_text(
+                json.dumps(history.to_json_dict(), indent=1) + "\n"
+            )
+
+
+async def test_committed_histories_replay() -> None:
+    files = sorted(HISTORY_DIR.glob("*.json"))
+    assert len(files) >= 3, f"expected the recorded histories in {HISTORY_DIR}"
+
+    for file in files:
+        history = WorkflowHistory.from_json(f"order-{file.stem}", file.read_text())
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{file.name}: {result.replay_failure}"
