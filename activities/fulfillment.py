@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.marketplace import (
+    CancellationNotice,
     InvoiceNotice,
     MarketplaceAnswer,
     MarketplaceClient,
@@ -134,6 +135,17 @@ class FulfillmentActivities:
         )
         return answer
 
+    @activity.defn(name="send_cancellation")
+    async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
+        """POST the seller's own cancellation of an order to the marketplace."""
+        answer = await self._marketplace.send_cancellation(notice)
+        activity.logger.info(
+            "cancellation of %s sent to the marketplace (receipt %s)",
+            notice.marketplace_order_id,
+            answer.receipt,
+        )
+        return answer
+
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, to register on a worker."""
         return [
@@ -146,6 +158,7 @@ class FulfillmentActivities:
             self.void_label,
             self.send_invoice,
             self.send_tracking,
+            self.send_cancellation,
         ]
 
 

@@ -41,6 +41,14 @@ class TrackingNotice(CamelModel):
     dispatched_date: datetime
 
 
+class CancellationNotice(CamelModel):
+    """Tell the marketplace the seller canceled an order (`requestCancelOrderMarketplace`)."""
+
+    marketplace_services_endpoint: str
+    marketplace_order_id: str
+    reason: str
+
+
 class MarketplaceAnswer(CamelModel):
     """What the marketplace answered (`responseFulfill`)."""
 
@@ -133,6 +141,17 @@ class MarketplaceClient:
             notice.invoice_number,
         )
         return await self._post(url, tracking_body(notice.tracking, notice.dispatched_date))
+
+    async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
+        """POST {endpoint}/pvt/orders/{marketplaceOrderId}/cancel: the seller's own cancellation."""
+        url = marketplace_url(
+            notice.marketplace_services_endpoint,
+            "pvt",
+            "orders",
+            notice.marketplace_order_id,
+            "cancel",
+        )
+        return await self._post(url, {"reason": notice.reason})
 
     async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
         headers = {"Accept": "application/json", **self._auth_headers}

@@ -341,3 +341,37 @@ async def test_dispatch_of_a_canceled_order_is_a_conflict(
 
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "OrderCanceled"
+
+
+async def test_an_operator_cancelling_the_workflow_cancels_the_order(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(temporal_env, tmp_path, fulfillment_step_seconds=30) as stack:
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        await stack.wait_for(order_id, lambda o: o["currentStep"] == "pick")
+
+        await stack.handle(order_id).cancel()  # what "Cancel" in the Temporal UI does
+
+        order = await stack.wait_for(
+            order_id,
+            lambda o: o["cancellation"] and o["cancellation"]["marketplaceNotifiedAt"],
+        )
+        assert order["status"] == "canceled"
+        assert order["statusReason"].startswith("canceled by the seller")
+        assert order["cancellation"]["requestedBy"] == "seller"
+        assert await activity_events(stack.handle(order_id)) == [
+            ("reserve_stock", "completed"),
+            ("pick_items", "canceled"),
+            ("release_stock", "completed"),
+            ("send_cancellation", "completed"),
+        ]
+        cancels = stack.marketplace.calls(kind="cancel", marketplace_order_id=order_id)
+        assert [(c.valid, c.path) for c in cancels] == [
+            (True, f"/api/oms/pvt/orders/{order_id}/cancel")
+        ]
+        assert "operator" in cancels[0].body["reason"]
+        assert (await stack.warehouse.stock_level(SKU)).available == 1000
+        # The order ended as the seller decided: the workflow completes, it is not left cancelled.
+        assert (await stack.handle(order_id).result()).status == "canceled"

@@ -135,6 +135,11 @@ class Cancellation(CamelModel):
     requested_by_user: bool | str | None = None
     # confirmed, pending (compensating), refused (the order was invoiced)
     outcome: str = "pending"
+    # marketplace (its cancel call) or seller (an operator cancelled the workflow in Temporal)
+    requested_by: str = "marketplace"
+    # A seller cancellation is sent to the marketplace: when it was, or why it was not.
+    marketplace_notified_at: datetime | None = None
+    marketplace_error: str | None = None
 
 
 class Tracking(CamelModel):

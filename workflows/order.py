@@ -23,11 +23,11 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
-    from activities.marketplace import InvoiceNotice, TrackingNotice
+    from activities.marketplace import CancellationNotice, InvoiceNotice, TrackingNotice
     from activities.warehouse import Invoice, ShippingLabel, WarehouseOrder
     from workflows.messages import (
         FINAL_STATUSES,
@@ -69,6 +69,13 @@ WAREHOUSE_RETRY = RetryPolicy(
 def vtex_date(moment: datetime) -> str:
     """The seed's receipt date: `2014-10-06 18:52:00`, UTC."""
     return moment.astimezone(UTC).strftime(VTEX_DATE_FORMAT)
+
+
+def is_cancellation(err: BaseException) -> bool:
+    """Whether `err` is a cancellation: of this code, or of the activity it awaited."""
+    if isinstance(err, asyncio.CancelledError):
+        return True
+    return isinstance(err, ActivityError) and isinstance(err.cause, CancelledError)
 
 
 def refusal_type(err: BaseException) -> str | None:
@@ -116,13 +123,18 @@ class OrderWorkflow:
     async def run(self, order: OrderInput) -> OrderView:
         """Reserve, wait for dispatch, fulfill; then answer late calls for a while."""
         self._show()
-        await self._reserve()
-        if self._status == OrderStatus.PLACED:
-            await self._wait_for_dispatch()
-        if self._status == OrderStatus.PLACED and self._cancellation is not None:
-            await self._compensate()
-        elif self._status == OrderStatus.PLACED and self._dispatch is not None:
-            await self._fulfill()
+        try:
+            await self._reserve()
+            if self._status == OrderStatus.PLACED:
+                await self._wait_for_dispatch()
+            if self._status == OrderStatus.PLACED and self._cancellation is not None:
+                await self._compensate()
+            elif self._status == OrderStatus.PLACED and self._dispatch is not None:
+                await self._fulfill()
+        except (asyncio.CancelledError, ActivityError) as err:
+            if not is_cancellation(err):
+                raise
+            await self._cancel_by_operator()
         await self._stay_open_for_late_calls()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.order()
@@ -279,6 +291,8 @@ class OrderWorkflow:
             await self._send_invoice()
             view.sent_at = workflow.now()
         except ActivityError as err:
+            if is_cancellation(err):
+                raise
             view.send_error = str(err.cause or err)
             workflow.logger.error(
                 "order %s: invoice not sent: %s", self._order.order_id, view.send_error
@@ -302,6 +316,8 @@ class OrderWorkflow:
             )
             view.tracking_sent_at = workflow.now()
         except ActivityError as err:
+            if is_cancellation(err):
+                raise
             view.tracking_send_error = str(err.cause or err)
         self._show()
 
@@ -320,12 +336,56 @@ class OrderWorkflow:
             summary=f"send invoice {self._invoice.invoice_number}",
         )
 
+    async def _cancel_by_operator(self) -> None:
+        """A workflow cancellation from Temporal (UI, CLI): the seller cancels the order.
+
+        Before the invoice it is compensated like a marketplace cancellation, and the marketplace
+        is told; once invoiced it cannot be, and the invoice still goes out.
+        """
+        workflow.logger.warning("order %s: workflow cancelled in Temporal", self._order.order_id)
+        if self._status == OrderStatus.INVOICED:
+            assert self._invoice_view is not None
+            if self._invoice_view.sent_at is None:
+                await self._notify_marketplace()
+            return
+        if self._cancellation is None:
+            self._cancellation = Cancellation(
+                receipt=self._receipt(workflow.now()),
+                requested_at=workflow.now(),
+                reason="the workflow was cancelled in Temporal by an operator",
+                requested_by="seller",
+            )
+        await self._compensate()
+        if self._status != OrderStatus.CANCELED:
+            return
+        self._cancellation.outcome = "confirmed"
+        try:
+            await workflow.execute_activity_method(
+                FulfillmentActivities.send_cancellation,
+                CancellationNotice(
+                    marketplace_services_endpoint=self._order.marketplace_services_endpoint,
+                    marketplace_order_id=self._order.marketplace_order_id,
+                    reason=self._cancellation.reason or "canceled by the seller",
+                ),
+                start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                retry_policy=MARKETPLACE_RETRY,
+                summary=f"tell the marketplace {self._order.order_id} is canceled",
+            )
+            self._cancellation.marketplace_notified_at = workflow.now()
+        except ActivityError as err:
+            self._cancellation.marketplace_error = str(err.cause or err)
+        self._show()
+
     async def _stay_open_for_late_calls(self) -> None:
         window = timedelta(seconds=self._order.late_call_window_seconds)
         self._closes_at = workflow.now() + window
         self._show()
         if window > timedelta(0):
-            await workflow.sleep(window, summary="late-call window")
+            try:
+                await workflow.sleep(window, summary="late-call window")
+            except asyncio.CancelledError:
+                # An operator closing an ended order early: nothing left to undo.
+                workflow.logger.info("order %s: closed early by an operator", self._order.order_id)
 
     # ── Updates: the marketplace's calls ────────────────────────────────────────────────────
 
@@ -488,8 +548,9 @@ class OrderWorkflow:
             )
 
     def _cancellation_reason(self) -> str:
+        by = self._cancellation.requested_by if self._cancellation else "marketplace"
         reason = self._cancellation.reason if self._cancellation else None
-        return f"canceled by the marketplace: {reason}" if reason else "canceled by the marketplace"
+        return f"canceled by the {by}: {reason}" if reason else f"canceled by the {by}"
 
     def _end(self, status: OrderStatus, reason: str | None) -> None:
         self._status = status
