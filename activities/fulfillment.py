@@ -115,23 +115,15 @@ class FulfillmentActivities:
     async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
         """POST the invoice to the marketplace. Every retry carries the same invoiceNumber."""
         answer = await self._marketplace.send_invoice(notice)
-        activity.logger.info(
-            "invoice %s of %s sent to the marketplace (receipt %s)",
-            notice.invoice.invoice_number,
-            notice.marketplace_order_id,
-            answer.receipt,
-        )
+        _log_sent(f"invoice {notice.invoice.invoice_number}", notice.marketplace_order_id, answer)
         return answer
 
     @activity.defn(name="send_tracking")
     async def send_tracking(self, notice: TrackingNotice) -> MarketplaceAnswer:
         """POST the tracking information of the invoice to the marketplace."""
         answer = await self._marketplace.send_tracking(notice)
-        activity.logger.info(
-            "tracking %s of %s sent to the marketplace (receipt %s)",
-            notice.tracking.tracking_number,
-            notice.marketplace_order_id,
-            answer.receipt,
+        _log_sent(
+            f"tracking {notice.tracking.tracking_number}", notice.marketplace_order_id, answer
         )
         return answer
 
@@ -139,11 +131,7 @@ class FulfillmentActivities:
     async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
         """POST the seller's own cancellation of an order to the marketplace."""
         answer = await self._marketplace.send_cancellation(notice)
-        activity.logger.info(
-            "cancellation of %s sent to the marketplace (receipt %s)",
-            notice.marketplace_order_id,
-            answer.receipt,
-        )
+        _log_sent("cancellation", notice.marketplace_order_id, answer)
         return answer
 
     def all(self) -> list[Callable[..., Any]]:
@@ -160,6 +148,12 @@ class FulfillmentActivities:
             self.send_tracking,
             self.send_cancellation,
         ]
+
+
+def _log_sent(what: str, marketplace_order_id: str, answer: MarketplaceAnswer) -> None:
+    activity.logger.info(
+        "%s of %s sent to the marketplace (receipt %s)", what, marketplace_order_id, answer.receipt
+    )
 
 
 async def _warehouse_call(step: str, order_id: str, call: Awaitable[T]) -> T:

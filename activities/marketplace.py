@@ -121,37 +121,31 @@ class MarketplaceClient:
 
     async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice."""
-        url = marketplace_url(
-            notice.marketplace_services_endpoint,
-            "pvt",
-            "orders",
-            notice.marketplace_order_id,
-            "invoice",
+        body = invoice_body(notice.invoice, notice.tracking)
+        return await self._post_on_order(
+            notice.marketplace_services_endpoint, notice.marketplace_order_id, ["invoice"], body
         )
-        return await self._post(url, invoice_body(notice.invoice, notice.tracking))
 
     async def send_tracking(self, notice: TrackingNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice/{invoiceNumber}."""
-        url = marketplace_url(
-            notice.marketplace_services_endpoint,
-            "pvt",
-            "orders",
-            notice.marketplace_order_id,
-            "invoice",
-            notice.invoice_number,
+        body = tracking_body(notice.tracking, notice.dispatched_date)
+        tail = ["invoice", notice.invoice_number]
+        return await self._post_on_order(
+            notice.marketplace_services_endpoint, notice.marketplace_order_id, tail, body
         )
-        return await self._post(url, tracking_body(notice.tracking, notice.dispatched_date))
 
     async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/cancel: the seller's own cancellation."""
-        url = marketplace_url(
-            notice.marketplace_services_endpoint,
-            "pvt",
-            "orders",
-            notice.marketplace_order_id,
-            "cancel",
+        body = {"reason": notice.reason}
+        return await self._post_on_order(
+            notice.marketplace_services_endpoint, notice.marketplace_order_id, ["cancel"], body
         )
-        return await self._post(url, {"reason": notice.reason})
+
+    async def _post_on_order(
+        self, endpoint: str, marketplace_order_id: str, tail: list[str], body: dict[str, Any]
+    ) -> MarketplaceAnswer:
+        url = marketplace_url(endpoint, "pvt", "orders", marketplace_order_id, *tail)
+        return await self._post(url, body)
 
     async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
         headers = {"Accept": "application/json", **self._auth_headers}
