@@ -219,7 +219,8 @@ class OrderWorkflow:
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"{step} {self._order.order_id}",
             )
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
+            # Not BaseException: GeneratorExit, when the worker evicts the workflow, must pass.
             record.status = "cancelled" if self._cancellation is not None else "failed"
             record.finished_at = workflow.now()
             workflow.logger.info("order %s: %s %s", self._order.order_id, step, record.status)
