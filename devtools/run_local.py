@@ -50,8 +50,9 @@ def dev_server_command(binary: str, port: int, ui_port: int, db_file: Path) -> l
         "--ui-disable-news-fetch",
         "--dynamic-config-value",
         "frontend.enableServerVersionCheck=false",
+        # Its own shutdown logs a screen of warnings about its internal pollers; errors suffice.
         "--log-level",
-        "warn",
+        "error",
     ]
 
 
@@ -116,13 +117,14 @@ def main() -> None:
         return process
 
     def stop_all() -> None:
-        for _, process in reversed(children):
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + 10
+        # One at a time, newest first: the API and the worker finish their calls while the
+        # Temporal server is still there to answer them.
         for name, process in reversed(children):
+            if process.poll() is not None:
+                continue
+            process.terminate()
             try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 print(f"{name} did not stop in time; killing it", flush=True)
                 process.kill()
@@ -169,6 +171,7 @@ def main() -> None:
         print("\nstopping…", flush=True)
     finally:
         stop_all()
+        print("stopped.", flush=True)
 
 
 if __name__ == "__main__":
