@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
 ## run: the embedded stack (Temporal dev server + UI, a worker, the API, a fake marketplace). Ctrl-C stops all.
