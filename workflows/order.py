@@ -161,20 +161,16 @@ class OrderWorkflow:
 
     async def _wait_for_dispatch(self) -> None:
         """Wait for dispatch or cancellation; past lockTTL, release the stock and expire."""
+        assert self._lock_expires_at is not None  # set with the reservation
         try:
             await workflow.wait_condition(
                 lambda: self._dispatch is not None or self._cancellation is not None,
-                timeout=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1))
-                if self._lock_expires_at
-                else self._lock_ttl,
+                timeout=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1)),
                 timeout_summary="lockTTL: waiting for Order Dispatching",
             )
         except TimeoutError:
             await self._run_compensation(FulfillmentActivities.release_stock)
-            self._end(
-                OrderStatus.EXPIRED,
-                f"no dispatch within lockTTL ({self._order.lock_ttl_seconds:.0f}s)",
-            )
+            self._end(OrderStatus.EXPIRED, f"no dispatch within lockTTL ({self._lock_ttl})")
 
     async def _fulfill(self) -> None:
         """Run the steps; a cancellation before the invoice aborts them and compensates."""
