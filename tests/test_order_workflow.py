@@ -13,7 +13,7 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from tests.stack import activity_events, new_order_id, running_stack
+from tests.stack import activity_events, new_order_id, placement_example, running_stack
 
 SKU = "123456789abc"  # the SKU of the spec's placement example
 
@@ -375,3 +375,26 @@ async def test_an_operator_cancelling_the_workflow_cancels_the_order(
         assert (await stack.warehouse.stock_level(SKU)).available == 1000
         # The order ended as the seller decided: the workflow completes, it is not left cancelled.
         assert (await stack.handle(order_id).result()).status == "canceled"
+
+
+async def test_an_expired_order_refuses_dispatch_and_confirms_cancel(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # A real 2 s lockTTL (the 8-day one is in test_lock_ttl.py, on the time-skipping server).
+    async with running_stack(temporal_env, tmp_path, late_call_window="1h") as stack:
+        order_id = new_order_id()
+        body = placement_example(order_id, stack.endpoint)
+        body["shippingData"]["logisticsInfo"][0]["lockTTL"] = "2s"
+        assert (await stack.http.post("/pvt/orders", json=body)).status_code == 200
+
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "expired", within=15)
+
+        assert order["compensations"] == ["release_stock"]
+        assert (await stack.warehouse.stock_level(SKU)).available == 1000
+        dispatch = await stack.dispatch(order_id)
+        assert dispatch.status_code == 409
+        assert dispatch.json()["error"]["code"] == "OrderExpired"
+        cancel = await stack.cancel(order_id)
+        assert cancel.status_code == 200
+        assert cancel.json()["orderId"] == f"SLR-{order_id}"
+        assert (await stack.order(order_id))["status"] == "expired"
