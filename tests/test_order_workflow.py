@@ -125,7 +125,7 @@ async def test_cancel_mid_step_aborts_the_running_activity(
 async def test_cancel_during_invoice_voids_the_label(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(temporal_env, tmp_path, fulfillment_step_seconds=1.5) as stack:
+    async with running_stack(temporal_env, tmp_path, fulfillment_step_seconds=2.5) as stack:
         order_id = new_order_id()
         await stack.place(order_id)
         await stack.dispatch(order_id)

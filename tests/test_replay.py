@@ -58,7 +58,7 @@ async def _canceled_before_dispatch(stack: Stack) -> str:
 async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     histories: dict[str, WorkflowHistory] = {}
     async with running_stack(
-        temporal_env, tmp_path, fulfillment_step_seconds=0.3, late_call_window="2s"
+        temporal_env, tmp_path, fulfillment_step_seconds=0.5, late_call_window="2s"
     ) as stack:
         scenarios = {
             "invoiced_then_refused": _invoiced_then_refused,
