@@ -245,6 +245,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary),
         dev_server_extra_args=DEV_SERVER_ARGS,
+        # Its shutdown logs warnings about its own pollers, which would bury the report.
+        dev_server_log_level="error",
         data_converter=pydantic_data_converter,
     )
     try:
