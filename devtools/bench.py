@@ -31,11 +31,9 @@ import httpx
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from config import Settings
-from devtools.fake_marketplace import FakeMarketplaceState, serve_fake_marketplace
-from devtools.serving import serve_asgi
-from worker import run_worker
+from devtools.fake_marketplace import FakeMarketplaceState
+from devtools.stack import local_stack
 
 DEV_SERVER_ARGS = ["--dynamic-config-value", "frontend.enableServerVersionCheck=false"]
 
@@ -98,21 +96,13 @@ async def running(
         default_stock=1_000_000,
         update_timeout_seconds=30,
     )
-    stop, ready = asyncio.Event(), asyncio.Event()
-    async with serve_fake_marketplace() as marketplace:
-        worker = asyncio.create_task(run_worker(settings, env.client, stop, ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 30)
-            app = create_app(settings, client=env.client)
-            limits = httpx.Limits(max_connections=100)
-            async with (
-                serve_asgi(app) as url,
-                httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http,
-            ):
-                yield Bench(http, f"{marketplace.url}/api/oms?an=bench", marketplace.state)
-        finally:
-            stop.set()
-            await worker
+    limits = httpx.Limits(max_connections=100)
+    async with (
+        local_stack(env.client, settings) as local,
+        httpx.AsyncClient(base_url=local.api_url, timeout=60, limits=limits) as http,
+    ):
+        endpoint = f"{local.marketplace.url}/api/oms?an=bench"
+        yield Bench(http, endpoint, local.marketplace.state)
 
 
 def new_id() -> str:

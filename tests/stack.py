@@ -20,11 +20,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.simulated_warehouse import SimulatedWarehouse
-from api.app import create_app
 from config import Settings
-from devtools.fake_marketplace import FakeMarketplaceState, serve_fake_marketplace
-from devtools.serving import serve_asgi
-from worker import run_worker
+from devtools.fake_marketplace import FakeMarketplaceState
+from devtools.stack import local_stack
 from workflows import ids
 from workflows.messages import OrderView
 from workflows.order import OrderWorkflow
@@ -148,27 +146,18 @@ async def running_stack(
     }
     values.update(overrides)
     settings = Settings(**values)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    async with serve_fake_marketplace() as marketplace:
-        worker = asyncio.create_task(run_worker(settings, env.client, stop, ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 15)
-            app = create_app(settings, client=env.client)
-            async with (
-                serve_asgi(app) as api_url,
-                httpx.AsyncClient(base_url=api_url, timeout=30) as http,
-            ):
-                yield Stack(
-                    settings=settings,
-                    client=env.client,
-                    http=http,
-                    marketplace_url=marketplace.url,
-                    marketplace=marketplace.state,
-                    warehouse=SimulatedWarehouse.from_settings(settings),
-                )
-        finally:
-            stop.set()
-            await worker
+    async with (
+        local_stack(env.client, settings) as local,
+        httpx.AsyncClient(base_url=local.api_url, timeout=30) as http,
+    ):
+        yield Stack(
+            settings=settings,
+            client=env.client,
+            http=http,
+            marketplace_url=local.marketplace.url,
+            marketplace=local.marketplace.state,
+            warehouse=SimulatedWarehouse.from_settings(settings),
+        )
 
 
 async def activity_events(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, str]]:

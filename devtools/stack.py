@@ -1,0 +1,41 @@
+"""The service in one event loop: a fake marketplace, a worker and the API on loopback, for the
+tests and the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from temporalio.client import Client
+
+from api.app import create_app
+from config import Settings
+from devtools.fake_marketplace import RunningFakeMarketplace, serve_fake_marketplace
+from devtools.serving import serve_asgi
+from worker import run_worker
+
+
+@dataclass
+class LocalStack:
+    """Where the running pieces are."""
+
+    api_url: str
+    marketplace: RunningFakeMarketplace
+
+
+@asynccontextmanager
+async def local_stack(client: Client, settings: Settings) -> AsyncIterator[LocalStack]:
+    """Serve the API and run a worker with `settings` (its own task queue, data dir) until the
+    block exits."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with serve_fake_marketplace() as marketplace:
+        worker = asyncio.create_task(run_worker(settings, client, stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            async with serve_asgi(create_app(settings, client=client)) as api_url:
+                yield LocalStack(api_url=api_url, marketplace=marketplace)
+        finally:
+            stop.set()
+            await worker
