@@ -16,6 +16,7 @@ import asyncio
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -265,8 +266,18 @@ class SimulatedWarehouse:
 
     @staticmethod
     def _create_schema(connection: sqlite3.Connection) -> None:
-        # WAL is a property of the file: once set by any process it stays set.
-        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        # WAL is a property of the file: once set by any process it stays set. Switching needs the
+        # file to itself, and SQLite's busy timeout does not cover this pragma: when another
+        # process or thread is creating the file too, wait for it here.
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         if mode != "wal":
             raise RuntimeError(f"SQLite refused WAL journal mode (got {mode!r})")
         # Inside one IMMEDIATE transaction so that processes starting at once take turns.
