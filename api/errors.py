@@ -22,7 +22,7 @@ from api.models import Error, ErrorBody, ErrorDetail
 
 log = logging.getLogger("api")
 
-# The order workflow's refusals (ApplicationError types) and the HTTP status each one gets.
+# The order workflow's refusals (ApplicationError types) that the API answers with 409 Conflict.
 CONFLICT_TYPES = frozenset(
     {
         "MarketplaceOrderIdMismatch",
