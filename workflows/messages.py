@@ -29,10 +29,18 @@ class CamelModel(BaseModel):
 
 
 class OrderStatus(StrEnum):
-    """Where an order is. `invoiced`, `canceled` and `expired` are final."""
+    """Where an order is. `invoiced`, `canceled` and `expired` are final.
 
+    `reserving`, `canceling` and `expiring` are the moments in between: the stock is being held,
+    or given back. While an order is `canceling` or `expiring` no dispatch is accepted, so that
+    nothing can start the work the compensation is undoing.
+    """
+
+    RESERVING = "reserving"
     PLACED = "placed"
     FULFILLING = "fulfilling"
+    CANCELING = "canceling"
+    EXPIRING = "expiring"
     INVOICED = "invoiced"
     CANCELED = "canceled"
     EXPIRED = "expired"
@@ -72,6 +80,8 @@ class OrderInput(CamelModel):
     placed_at: datetime
     lock_ttl_seconds: float
     late_call_window_seconds: float
+    # A digest of the placement body: a repeated placement must be the same placement.
+    placement_fingerprint: str = ""
 
 
 class PlaceRequest(CamelModel):
@@ -86,6 +96,8 @@ class PlacementResult(CamelModel):
     order_id: str
     marketplace_order_id: str
     reserved_at: datetime
+    # The fingerprint of the placement that started the order (see OrderInput).
+    placement_fingerprint: str = ""
 
 
 class DispatchRequest(CamelModel):
@@ -129,14 +141,19 @@ class Cancellation(CamelModel):
 
     receipt: OrderReceipt
     requested_at: datetime
+    # When the order's workflow took the request in (requested_at is when the API received it).
+    reached_order_at: datetime | None = None
     reason: str | None = None
     cancellation_request_id: str | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
     # confirmed, pending (compensating), refused (the order was invoiced)
     outcome: str = "pending"
-    # marketplace (its cancel call) or seller (an operator cancelled the workflow in Temporal)
+    # marketplace (its cancel call) or seller (an operator cancelled the workflow in Temporal, or a
+    # step failed for good)
     requested_by: str = "marketplace"
+    # Whether the marketplace asked too (then the seller does not tell it of its own cancellation).
+    marketplace_asked: bool = False
     # A seller cancellation is sent to the marketplace: when it was, or why it was not.
     marketplace_notified_at: datetime | None = None
     marketplace_error: str | None = None
@@ -172,6 +189,8 @@ class OrderView(CamelModel):
     status: OrderStatus
     current_step: FulfillmentStep | None = None
     status_reason: str | None = None
+    # What the order is stuck on, while it is (e.g. a compensation that keeps failing).
+    attention: str | None = None
     placed_at: datetime
     reserved_at: datetime | None = None
     lock_expires_at: datetime | None = None

@@ -1,17 +1,26 @@
 """The life of one order, read top to bottom.
 
-placed ──dispatch──▶ fulfilling: pick ▸ pack ▸ ship ▸ invoice ──▶ invoiced
-  │                      │
-  │ lockTTL              │ cancel (before the invoice): abort the step, compensate
-  ▼                      ▼
-expired               canceled
+reserving ─▶ placed ──dispatch──▶ fulfilling: pick ▸ pack ▸ ship ▸ invoice ──▶ invoiced
+                │  │                   │
+                │  └lockTTL▶ expiring ─┼──────────────▶ expired
+                │                      ▼
+                └──cancel / failure─▶ canceling ──────▶ canceled
 
 Placement reserves the stock and waits for Order Dispatching. Dispatch and cancellation arrive
 as Workflow Updates with fixed ids, so Temporal itself answers a retried call with the first
-answer. A cancellation aborts the running step (it stops mid-way), then releases the stock and
-voids the label. Once the invoice is issued the order cannot be canceled: a cancellation is
-refused and the invoice sent to the marketplace again. After the order ends, the workflow stays
-open for the late-call window so late calls are still answered by the order itself.
+answer. The updates only *record* what was asked, and move the status (workflows/lifecycle.py says
+which moves are allowed); the order's life, one task (`_live`), reads that recorded intent before
+it starts each step and after each step returns, and decides from it, never from which exception
+arrived. A cancellation aborts the running step mid-way, waits until it has really stopped, then
+releases the stock and voids the label. The invoice (the warehouse's atomic issue, racing
+`release`) is the one point of no return: once issued, a cancellation is refused and the invoice
+sent to the marketplace again. A step that fails for good cancels the order the same way and tells
+the marketplace. After the order ends, the workflow stays open for the late-call window so late
+calls are still answered by the order itself.
+
+An operator's "Request Cancellation" in the Temporal UI cancels only `run`'s own wait: it is
+recorded as the seller's cancellation intent, and the life goes on to compensate it; nothing the
+order is doing (a reservation, a release) is cut short by it.
 """
 
 from __future__ import annotations
@@ -29,8 +38,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
     from activities.marketplace import CancellationNotice, InvoiceNotice, TrackingNotice
     from activities.warehouse import Invoice, ShippingLabel, WarehouseOrder
+    from workflows.lifecycle import (
+        CANCEL_REFUSED_IN,
+        CANCEL_STARTS_IN,
+        can_move,
+        dispatch_refusal,
+        is_final,
+    )
     from workflows.messages import (
-        FINAL_STATUSES,
         VTEX_DATE_FORMAT,
         Cancellation,
         CancelRequest,
@@ -53,7 +68,11 @@ STEP_TIMEOUT = timedelta(hours=24)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 WAREHOUSE_CALL_TIMEOUT = timedelta(minutes=5)
 MARKETPLACE_CALL_TIMEOUT = timedelta(seconds=60)
-# The marketplace may be down for a while: keep trying, at most once a minute.
+# No maximum of attempts on purpose, for both: what reaches these retries is transient by
+# construction (the activities turn every error retrying cannot fix into a non-retryable
+# ApplicationError), the invoice must reach the marketplace however long it is down, and the stock
+# must be given back however long the warehouse is. Ops see each attempt and its last error in
+# GET /pvt/orders/{orderId} (`pendingActivities`) and in the Temporal UI's pending activities.
 MARKETPLACE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -64,6 +83,16 @@ WAREHOUSE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
 )
+# A compensation that failed for good (a warehouse refusing a release) is tried again after this,
+# with the error shown as the order's `attention`, until someone fixes the warehouse.
+COMPENSATION_RETRY_AFTER = timedelta(minutes=1)
+
+STEPS: tuple[tuple[FulfillmentStep, Callable[..., Any]], ...] = (
+    (FulfillmentStep.PICK, FulfillmentActivities.pick_items),
+    (FulfillmentStep.PACK, FulfillmentActivities.pack_items),
+    (FulfillmentStep.SHIP, FulfillmentActivities.ship_order),
+    (FulfillmentStep.INVOICE, FulfillmentActivities.issue_invoice),
+)
 
 
 def vtex_date(moment: datetime) -> str:
@@ -71,18 +100,23 @@ def vtex_date(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(VTEX_DATE_FORMAT)
 
 
-def is_cancellation(err: BaseException) -> bool:
-    """Whether `err` is a cancellation: of this code, or of the activity it awaited."""
-    if isinstance(err, asyncio.CancelledError):
-        return True
-    return isinstance(err, ActivityError) and isinstance(err.cause, CancelledError)
-
-
 def refusal_type(err: BaseException) -> str | None:
     """The `type` of the non-retryable ApplicationError behind a failed activity, if any."""
     if isinstance(err, ActivityError) and isinstance(err.cause, ApplicationError):
         return err.cause.type
     return None
+
+
+def failure_text(err: BaseException) -> str:
+    """What went wrong, in one line: the cause's message rather than the wrapper's."""
+    if isinstance(err, ActivityError) and err.cause is not None:
+        cause = err.cause
+        if isinstance(cause, CancelledError):
+            return "cancelled"
+        message = str(cause) or type(cause).__name__
+        kind = cause.type if isinstance(cause, ApplicationError) and cause.type else None
+        return f"{kind}: {message}" if kind else message
+    return str(err) or type(err).__name__
 
 
 @workflow.defn
@@ -99,15 +133,15 @@ class OrderWorkflow:
             freight_value=order.freight_value,
             shipping_address=order.shipping_address,
         )
-        self._status = OrderStatus.PLACED
+        self._status = OrderStatus.RESERVING
         self._status_reason: str | None = None
-        self._reserve_done = False
+        self._attention: str | None = None
+        self._reserve_refusal: str | None = None
         self._reserved_at: datetime | None = None
         self._lock_expires_at: datetime | None = None
         self._dispatch: OrderReceipt | None = None
         self._dispatched_at: datetime | None = None
         self._cancellation: Cancellation | None = None
-        self._fulfillment: asyncio.Task[None] | None = None
         self._current_step: FulfillmentStep | None = None
         self._steps: list[StepRecord] = []
         self._label: ShippingLabel | None = None
@@ -116,28 +150,62 @@ class OrderWorkflow:
         self._compensations: list[str] = []
         self._ended_at: dict[OrderStatus, datetime] = {}
         self._closes_at: datetime | None = None
+        self._close_early = False
 
     # ── The order's life ────────────────────────────────────────────────────────────────────
 
     @workflow.run
     async def run(self, order: OrderInput) -> OrderView:
-        """Reserve, wait for dispatch, fulfill; then answer late calls for a while."""
+        """Live the order's life; then answer late calls for a while."""
         self._show()
-        try:
-            await self._reserve()
-            if self._status == OrderStatus.PLACED:
-                await self._wait_for_dispatch()
-            if self._status == OrderStatus.PLACED and self._cancellation is not None:
-                await self._compensate()
-            elif self._status == OrderStatus.PLACED and self._dispatch is not None:
-                await self._fulfill()
-        except (asyncio.CancelledError, ActivityError) as err:
-            if not is_cancellation(err):
-                raise
-            await self._cancel_by_operator()
+        life = asyncio.create_task(self._live())
+        await self._until(life.done)
+        await life  # A bug in the life fails the workflow task here, to be fixed and replayed.
         await self._stay_open_for_late_calls()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._until(workflow.all_handlers_finished)
         return self.order()
+
+    async def _live(self) -> None:
+        """Reserve, wait for dispatch, fulfill or compensate, tell the marketplace.
+
+        Each stage starts from the status the previous one (or a message) left.
+        """
+        await self._reserve()
+        if self._status == OrderStatus.PLACED:
+            await self._wait_for_dispatch()
+        if self._status == OrderStatus.EXPIRING:
+            await self._expire()
+        elif self._status == OrderStatus.FULFILLING:
+            await self._fulfill()
+        if self._status == OrderStatus.CANCELING:
+            await self._compensate()
+        if self._status == OrderStatus.INVOICED:
+            await self._notify_marketplace()
+        elif self._status == OrderStatus.CANCELED:
+            await self._tell_marketplace_of_seller_cancellation()
+
+    async def _until(
+        self,
+        condition: Callable[[], bool],
+        within: timedelta | None = None,
+        summary: str | None = None,
+    ) -> bool:
+        """Wait for `condition` (False if `within` passed first).
+
+        Only `run` waits here: a workflow cancellation (an operator in the Temporal UI) interrupts
+        `run`'s wait and nothing else; it is recorded as the seller's cancellation intent, and the
+        wait goes on, so that the life decides what it means.
+        """
+        deadline = workflow.now() + within if within is not None else None
+        while True:
+            remaining = None if deadline is None else max(deadline - workflow.now(), timedelta(0))
+            try:
+                await workflow.wait_condition(condition, timeout=remaining, timeout_summary=summary)
+                return True
+            except TimeoutError:
+                return False
+            except asyncio.CancelledError:
+                self._cancel_by_operator()
 
     async def _reserve(self) -> None:
         try:
@@ -149,95 +217,108 @@ class OrderWorkflow:
                 summary=f"reserve stock for {self._order.order_id}",
             )
         except ActivityError as err:
-            if refusal_type(err) != "OutOfStock":
-                raise
-            assert isinstance(err.cause, ApplicationError)
-            self._end(OrderStatus.CANCELED, f"OutOfStock: {err.cause.message}")
-        else:
-            self._reserved_at = reservation.reserved_at
-            self._lock_expires_at = self._order.placed_at + self._lock_ttl
-        finally:
-            self._reserve_done = True
+            # All or nothing: a reservation that failed holds nothing, so nothing is undone.
+            refusal = refusal_type(err)
+            self._reserve_refusal = refusal if refusal == "OutOfStock" else "ReservationFailed"
+            self._move(OrderStatus.CANCELED, failure_text(err))
+            return
+        self._reserved_at = reservation.reserved_at
+        self._lock_expires_at = self._order.placed_at + self._lock_ttl
+        if self._status == OrderStatus.RESERVING:
+            self._move(OrderStatus.PLACED)
+        # Otherwise a cancellation came during the reservation: the order is `canceling`, and
+        # the compensation gives back what was just reserved.
 
     async def _wait_for_dispatch(self) -> None:
-        """Wait for dispatch or cancellation; past lockTTL, release the stock and expire."""
+        """Wait for dispatch or cancellation; past lockTTL, the order starts expiring."""
         assert self._lock_expires_at is not None  # set with the reservation
-        try:
-            await workflow.wait_condition(
-                lambda: self._dispatch is not None or self._cancellation is not None,
-                timeout=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1)),
-                timeout_summary="lockTTL: waiting for Order Dispatching",
-            )
-        except TimeoutError:
-            await self._run_compensation(FulfillmentActivities.release_stock)
-            self._end(OrderStatus.EXPIRED, f"no dispatch within lockTTL ({self._lock_ttl})")
+        await self._until(
+            lambda: self._status != OrderStatus.PLACED,
+            within=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1)),
+            summary="lockTTL: waiting for Order Dispatching",
+        )
+        # Decided from the status, not from the timer: a dispatch or a cancellation that came in
+        # the same moment as the timer has already moved the order on.
+        if self._status == OrderStatus.PLACED:
+            self._move(OrderStatus.EXPIRING, f"no dispatch within lockTTL ({self._lock_ttl})")
+
+    async def _expire(self) -> None:
+        await self._run_compensation(FulfillmentActivities.release_stock)
+        self._move(OrderStatus.EXPIRED)
 
     async def _fulfill(self) -> None:
-        """Run the steps; a cancellation before the invoice aborts them and compensates."""
-        self._status = OrderStatus.FULFILLING
-        self._fulfillment = asyncio.create_task(self._run_steps())
-        try:
-            await self._fulfillment
-        except (asyncio.CancelledError, ActivityError):
-            # A cancellation cancels the task; the activity it was awaiting surfaces that as an
-            # ActivityError caused by the cancel. Anything else is a real failure.
-            if self._cancellation is None:
-                raise
-            await self._compensate()
-            return
-        finally:
-            self._current_step = None
-        self._mark_invoiced()
-        await self._notify_marketplace()
-
-    async def _run_steps(self) -> None:
-        await self._step(FulfillmentStep.PICK, FulfillmentActivities.pick_items)
-        await self._step(FulfillmentStep.PACK, FulfillmentActivities.pack_items)
-        self._label = await self._step(FulfillmentStep.SHIP, FulfillmentActivities.ship_order)
-        self._set_invoice(
-            await self._step(FulfillmentStep.INVOICE, FulfillmentActivities.issue_invoice)
-        )
+        """Run the steps while the order is `fulfilling`; stop at the first sign it is not."""
+        for step, activity in STEPS:
+            if self._status != OrderStatus.FULFILLING:
+                break  # A cancellation came between two steps.
+            try:
+                result = await self._step(step, activity)
+            except (ActivityError, asyncio.CancelledError) as err:
+                if self._status == OrderStatus.FULFILLING:
+                    # Nobody asked it to stop: the step failed for good.
+                    self._cancel_for_failure(step, err)
+                break
+            if step == FulfillmentStep.SHIP:
+                self._label = result
+            elif step == FulfillmentStep.INVOICE:
+                # The warehouse committed the invoice: canceled or not since, the order is sold.
+                self._set_invoice(result)
+                self._move(OrderStatus.INVOICED, self._invoiced_despite_cancellation())
+        self._current_step = None
+        self._show()
 
     async def _step(self, step: FulfillmentStep, activity: Callable[..., Any]) -> Any:
+        """Run one step; abort it as soon as the order stops `fulfilling`.
+
+        Compensation must start only once the step has really stopped: the activity is cancelled
+        with WAIT_CANCELLATION_COMPLETED, and whatever it did before it stopped is undone by the
+        compensation (or, for the invoice, settled by the release).
+        """
         record = StepRecord(name=step, status="running", started_at=workflow.now())
         self._steps.append(record)
         self._current_step = step
         self._show()
         workflow.logger.info("order %s: %s started", self._order.order_id, step)
+        handle = workflow.start_activity_method(
+            activity,
+            self._warehouse_order,
+            start_to_close_timeout=STEP_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=WAREHOUSE_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"{step} {self._order.order_id}",
+        )
+        await workflow.wait_condition(
+            lambda: handle.done() or self._status != OrderStatus.FULFILLING
+        )
+        if not handle.done():
+            handle.cancel()
         try:
-            result = await workflow.execute_activity_method(
-                activity,
-                self._warehouse_order,
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=WAREHOUSE_RETRY,
-                # Compensation must start only once the step has really stopped.
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{step} {self._order.order_id}",
-            )
-        except (Exception, asyncio.CancelledError):
-            # Not BaseException: GeneratorExit, when the worker evicts the workflow, must pass.
-            record.status = "cancelled" if self._cancellation is not None else "failed"
+            result = await handle
+        except (ActivityError, asyncio.CancelledError) as err:
+            stopped = self._status != OrderStatus.FULFILLING
+            record.status = "cancelled" if stopped else "failed"
             record.finished_at = workflow.now()
-            workflow.logger.info("order %s: %s %s", self._order.order_id, step, record.status)
+            workflow.logger.info(
+                "order %s: %s %s (%s)", self._order.order_id, step, record.status, failure_text(err)
+            )
             raise
         record.status = "completed"
         record.finished_at = workflow.now()
         return result
 
     async def _compensate(self) -> None:
-        """Undo what fulfillment did: release the stock, void the label; then canceled.
+        """From `canceling`: release the stock, void the label; then `canceled`.
 
-        Release goes first because it is where a race with the invoice is settled: if the
-        invoice was committed after all (the step was cancelled while the warehouse
-        committed), the release is refused and the order carries on as invoiced.
+        Release goes first because it is where a race with the invoice is settled: if the invoice
+        was committed after all (the step was cancelled while the warehouse committed), the release
+        is refused and the order is invoiced.
         """
+        self._current_step = None
         self._show("compensating")
         try:
             await self._run_compensation(FulfillmentActivities.release_stock)
-        except ActivityError as err:
-            if refusal_type(err) != "AlreadyInvoiced":
-                raise
+        except ActivityError:  # AlreadyInvoiced: the only failure _run_compensation lets out
             workflow.logger.info("order %s: invoiced before the cancel", self._order.order_id)
             # Issuing is idempotent: this fetches the invoice the warehouse committed.
             self._set_invoice(
@@ -249,24 +330,46 @@ class OrderWorkflow:
                     summary=f"invoice {self._order.order_id} (already issued)",
                 )
             )
-            self._mark_invoiced()
-            await self._notify_marketplace()
+            self._move(OrderStatus.INVOICED, self._invoiced_despite_cancellation())
             return
         if any(step.name == FulfillmentStep.SHIP for step in self._steps):
             await self._run_compensation(FulfillmentActivities.void_label)
-        self._end(OrderStatus.CANCELED, self._cancellation_reason())
+        if self._cancellation is not None:
+            self._cancellation.outcome = "confirmed"
+        self._move(OrderStatus.CANCELED)
 
     async def _run_compensation(self, activity: Callable[..., Any]) -> None:
-        done = await workflow.execute_activity_method(
-            activity,
-            self._warehouse_order,
-            start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-            retry_policy=WAREHOUSE_RETRY,
-            summary=f"compensate {self._order.order_id}",
-        )
-        self._compensations.append(
-            done.compensation if done.changed else f"{done.compensation} (nothing to undo)"
-        )
+        """Run a compensation until it is done; only `AlreadyInvoiced` is let out.
+
+        A compensation must not be given up: stock would stay held for an order that will never
+        ship. Transient errors are retried by the activity's retry policy; an error the warehouse
+        says retrying cannot fix is shown as the order's `attention` and tried again later.
+        """
+        while True:
+            try:
+                done = await workflow.execute_activity_method(
+                    activity,
+                    self._warehouse_order,
+                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    summary=f"compensate {self._order.order_id}",
+                )
+            except ActivityError as err:
+                if refusal_type(err) == "AlreadyInvoiced":
+                    raise
+                self._attention = (
+                    f"{activity.__name__} failed: {failure_text(err)}; trying again every "
+                    f"{COMPENSATION_RETRY_AFTER}"
+                )
+                workflow.logger.error("order %s: %s", self._order.order_id, self._attention)
+                self._show()
+                await workflow.sleep(COMPENSATION_RETRY_AFTER, summary="compensation failed")
+                continue
+            self._attention = None
+            self._compensations.append(
+                done.compensation if done.changed else f"{done.compensation} (nothing to undo)"
+            )
+            return
 
     def _set_invoice(self, invoice: Invoice) -> None:
         # Both at once: a cancellation handler may run right after and needs both.
@@ -277,8 +380,10 @@ class OrderWorkflow:
             invoice_value=invoice.invoice_value,
         )
 
-    def _mark_invoiced(self) -> None:
-        self._end(OrderStatus.INVOICED, None)
+    def _invoiced_despite_cancellation(self) -> str | None:
+        if self._cancellation is None:
+            return None
+        return "the invoice was committed before the cancellation could stop it"
 
     async def _notify_marketplace(self) -> None:
         """Send the invoice, then the tracking; a refusal is recorded, the order stays invoiced."""
@@ -288,12 +393,11 @@ class OrderWorkflow:
             await self._send_invoice()
             view.sent_at = workflow.now()
         except ActivityError as err:
-            if is_cancellation(err):
-                raise
-            view.send_error = str(err.cause or err)
+            view.send_error = failure_text(err)
             workflow.logger.error(
                 "order %s: invoice not sent: %s", self._order.order_id, view.send_error
             )
+            self._show()
             return
         if self._tracking is None:
             return
@@ -313,9 +417,7 @@ class OrderWorkflow:
             )
             view.tracking_sent_at = workflow.now()
         except ActivityError as err:
-            if is_cancellation(err):
-                raise
-            view.tracking_send_error = str(err.cause or err)
+            view.tracking_send_error = failure_text(err)
         self._show()
 
     async def _send_invoice(self) -> None:
@@ -333,113 +435,146 @@ class OrderWorkflow:
             summary=f"send invoice {self._invoice.invoice_number}",
         )
 
-    async def _cancel_by_operator(self) -> None:
-        """A workflow cancellation from Temporal (UI, CLI): the seller cancels the order.
+    async def _tell_marketplace_of_seller_cancellation(self) -> None:
+        """The seller canceled an order the marketplace holds as placed: say so, with the reason.
 
-        Before the invoice it is compensated like a marketplace cancellation, and the marketplace
-        is told; once invoiced it cannot be, and the invoice still goes out.
+        Not when the marketplace asked for the cancellation itself, and not when the placement
+        was refused (the marketplace never held the order).
         """
-        workflow.logger.warning("order %s: workflow cancelled in Temporal", self._order.order_id)
-        if self._status == OrderStatus.INVOICED:
-            assert self._invoice_view is not None
-            if self._invoice_view.sent_at is None:
-                await self._notify_marketplace()
+        cancellation = self._cancellation
+        if (
+            cancellation is None
+            or cancellation.requested_by != "seller"
+            or cancellation.marketplace_asked
+            or self._reserved_at is None
+        ):
             return
-        if self._cancellation is None:
-            self._cancellation = Cancellation(
-                receipt=self._receipt(workflow.now()),
-                requested_at=workflow.now(),
-                reason="the workflow was cancelled in Temporal by an operator",
-                requested_by="seller",
-            )
-        await self._compensate()
-        if self._status != OrderStatus.CANCELED:
-            return
-        self._cancellation.outcome = "confirmed"
         try:
             await workflow.execute_activity_method(
                 FulfillmentActivities.send_cancellation,
                 CancellationNotice(
                     marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                     marketplace_order_id=self._order.marketplace_order_id,
-                    reason=self._cancellation.reason or "canceled by the seller",
+                    reason=cancellation.reason or "canceled by the seller",
                 ),
                 start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
                 retry_policy=MARKETPLACE_RETRY,
                 summary=f"tell the marketplace {self._order.order_id} is canceled",
             )
-            self._cancellation.marketplace_notified_at = workflow.now()
+            cancellation.marketplace_notified_at = workflow.now()
         except ActivityError as err:
-            self._cancellation.marketplace_error = str(err.cause or err)
+            cancellation.marketplace_error = failure_text(err)
         self._show()
 
     async def _stay_open_for_late_calls(self) -> None:
         window = timedelta(seconds=self._order.late_call_window_seconds)
         self._closes_at = workflow.now() + window
         self._show()
-        if window > timedelta(0):
-            try:
-                await workflow.sleep(window, summary="late-call window")
-            except asyncio.CancelledError:
-                # An operator closing an ended order early: nothing left to undo.
-                workflow.logger.info("order %s: closed early by an operator", self._order.order_id)
+        if window > timedelta(0) and not self._close_early:
+            await self._until(lambda: self._close_early, within=window, summary="late-call window")
+
+    # ── Intents: who asked the order to stop ────────────────────────────────────────────────
+
+    def _cancel_by_operator(self) -> None:
+        """A workflow cancellation from Temporal (UI, CLI): the seller cancels the order.
+
+        Before the invoice it is compensated like a marketplace cancellation, and the marketplace
+        is told; once the order has ended (invoiced included) it closes the late-call window early.
+        """
+        workflow.logger.warning("order %s: workflow cancelled in Temporal", self._order.order_id)
+        if is_final(self._status):
+            self._close_early = True
+            self._show()
+            return
+        if self._cancellation is not None or self._status not in CANCEL_STARTS_IN:
+            return  # Already being canceled, or expiring: nothing more to ask.
+        now = workflow.now()
+        self._cancellation = Cancellation(
+            receipt=self._receipt(now),
+            requested_at=now,
+            reached_order_at=now,
+            reason="the workflow was cancelled in Temporal by an operator",
+            requested_by="seller",
+        )
+        self._move(OrderStatus.CANCELING, self._cancellation_reason())
+
+    def _cancel_for_failure(self, step: FulfillmentStep, err: BaseException) -> None:
+        now = workflow.now()
+        self._cancellation = Cancellation(
+            receipt=self._receipt(now),
+            requested_at=now,
+            reached_order_at=now,
+            reason=f"{step} failed: {failure_text(err)}",
+            requested_by="seller",
+        )
+        workflow.logger.error("order %s: %s", self._order.order_id, self._cancellation.reason)
+        self._move(OrderStatus.CANCELING, self._cancellation_reason())
 
     # ── Updates: the marketplace's calls ────────────────────────────────────────────────────
 
     @workflow.update
     async def place(self, request: PlaceRequest) -> PlacementResult:
         """Order placement: answers once the stock is reserved."""
-        await workflow.wait_condition(lambda: self._reserve_done)
+        await workflow.wait_condition(
+            lambda: self._reserved_at is not None or self._reserve_refusal is not None
+        )
         if self._reserved_at is None:
             raise ApplicationError(
                 self._status_reason or "the stock could not be reserved",
-                type="OutOfStock",
+                # The API tells a different placement with the same id from a retry by this.
+                self._order.placement_fingerprint,
+                type=self._reserve_refusal or "ReservationFailed",
                 non_retryable=True,
             )
         return PlacementResult(
             order_id=self._order.order_id,
             marketplace_order_id=self._order.marketplace_order_id,
             reserved_at=self._reserved_at,
+            placement_fingerprint=self._order.placement_fingerprint,
         )
 
     @workflow.update
     async def dispatch(self, request: DispatchRequest) -> OrderReceipt:
         """Order Dispatching: authorizes fulfillment; answers the receipt."""
-        await workflow.wait_condition(lambda: self._reserve_done)
+        await workflow.wait_condition(lambda: self._status != OrderStatus.RESERVING)
         if self._dispatch is None:
-            self._reject_dispatch_in_state()
+            # Decided again after the wait: the reservation may have failed, or a cancellation
+            # may have come, while this dispatch waited.
+            self._refuse_dispatch()
             self._dispatched_at = request.received_at
             self._dispatch = self._receipt(request.received_at)
-            workflow.logger.info("order %s: dispatched", self._order.order_id)
+            self._move(OrderStatus.FULFILLING)
         return self._dispatch
 
     @dispatch.validator
     def _validate_dispatch(self, request: DispatchRequest) -> None:
         self._reject_other_order(request.marketplace_order_id)
         if self._dispatch is None:
-            self._reject_dispatch_in_state()
+            self._refuse_dispatch()
 
     @workflow.update
     async def cancel(self, request: CancelRequest) -> OrderReceipt:
-        """Marketplace Order Cancellation: confirm, or refuse once invoiced."""
-        if self._invoice is not None:
-            await self._refuse_cancellation(request)
+        """Marketplace Order Cancellation: confirm once the order will not be fulfilled, or refuse
+        once invoiced."""
         if self._cancellation is None:
             self._cancellation = Cancellation(
                 receipt=self._receipt(request.received_at),
                 requested_at=request.received_at,
+                reached_order_at=workflow.now(),
                 reason=request.reason,
                 cancellation_request_id=request.cancellation_request_id,
                 requested_by_user=request.requested_by_user,
             )
             workflow.logger.info("order %s: cancellation requested", self._order.order_id)
         cancellation = self._cancellation
-        if self._fulfillment is not None and not self._fulfillment.done():
-            self._fulfillment.cancel()
-        await workflow.wait_condition(lambda: self._status in FINAL_STATUSES)
-        if self._status == OrderStatus.INVOICED:
-            # The invoice won the race against this cancellation.
-            await self._refuse_cancellation(request)
+        cancellation.marketplace_asked = True
+        if self._status in CANCEL_STARTS_IN:
+            # First the status: from here on no dispatch is accepted, and the life stops.
+            self._move(OrderStatus.CANCELING, self._cancellation_reason())
+        await workflow.wait_condition(lambda: is_final(self._status))
+        if self._status in CANCEL_REFUSED_IN:
+            await self._refuse_cancellation()
+        # Otherwise CANCEL_CONFIRMED_IN: the order will not be fulfilled.
         cancellation.outcome = "confirmed"
         self._show()
         return cancellation.receipt
@@ -448,7 +583,7 @@ class OrderWorkflow:
     def _validate_cancel(self, request: CancelRequest) -> None:
         self._reject_other_order(request.marketplace_order_id)
 
-    async def _refuse_cancellation(self, request: CancelRequest) -> None:
+    async def _refuse_cancellation(self) -> None:
         """Send the invoice again, which is how a seller refuses, then fail the update."""
         assert self._invoice is not None and self._invoice_view is not None
         if self._cancellation is not None:
@@ -458,7 +593,7 @@ class OrderWorkflow:
             await self._send_invoice()
             self._invoice_view.resent_count += 1
         except ActivityError as err:
-            self._invoice_view.send_error = str(err.cause or err)
+            self._invoice_view.send_error = failure_text(err)
         raise ApplicationError(
             f"order {self._order.order_id} is invoiced ({self._invoice.invoice_number}) and can no "
             "longer be canceled; the invoice was sent to the marketplace again",
@@ -478,6 +613,7 @@ class OrderWorkflow:
             status=self._status,
             current_step=self._current_step,
             status_reason=self._status_reason,
+            attention=self._attention,
             placed_at=self._order.placed_at,
             reserved_at=self._reserved_at,
             lock_expires_at=self._lock_expires_at,
@@ -529,30 +665,38 @@ class OrderWorkflow:
                 non_retryable=True,
             )
 
-    def _reject_dispatch_in_state(self) -> None:
-        if self._status == OrderStatus.EXPIRED:
-            raise ApplicationError(
-                f"order {self._order.order_id} expired: {self._status_reason}",
-                type="OrderExpired",
-                non_retryable=True,
-            )
-        if self._status == OrderStatus.CANCELED or self._cancellation is not None:
-            raise ApplicationError(
-                f"order {self._order.order_id} is canceled"
-                + (f": {self._status_reason}" if self._status_reason else ""),
-                type="OrderCanceled",
-                non_retryable=True,
-            )
+    def _refuse_dispatch(self) -> None:
+        """Raise the refusal of a new dispatch in the current status, if it is refused."""
+        refusal = dispatch_refusal(self._status)
+        if refusal is None:
+            return
+        reason = f": {self._status_reason}" if self._status_reason else ""
+        raise ApplicationError(
+            f"order {self._order.order_id} is {self._status}{reason}",
+            type=refusal,
+            non_retryable=True,
+        )
 
     def _cancellation_reason(self) -> str:
         by = self._cancellation.requested_by if self._cancellation else "marketplace"
         reason = self._cancellation.reason if self._cancellation else None
         return f"canceled by the {by}: {reason}" if reason else f"canceled by the {by}"
 
-    def _end(self, status: OrderStatus, reason: str | None) -> None:
+    def _move(self, status: OrderStatus, reason: str | None = None) -> None:
+        """The one way the status changes: only along workflows/lifecycle.py's arrows.
+
+        A move the lifecycle forbids is a bug: it fails the workflow task (the order waits, visible
+        in the Temporal UI, until the code is fixed) rather than leave the order in a wrong state.
+        """
+        if not can_move(self._status, status):
+            raise RuntimeError(
+                f"order {self._order.order_id}: {self._status} -> {status} is not allowed"
+            )
         self._status = status
-        self._status_reason = reason
-        self._ended_at[status] = workflow.now()
+        if reason is not None or status == OrderStatus.INVOICED:
+            self._status_reason = reason
+        if is_final(status):
+            self._ended_at[status] = workflow.now()
         workflow.logger.info(
             "order %s: %s%s", self._order.order_id, status, f" ({reason})" if reason else ""
         )
@@ -567,8 +711,10 @@ class OrderWorkflow:
             details.append(f"step: {self._current_step}")
         if self._status_reason:
             details.append(self._status_reason)
+        if self._attention:
+            details.append(f"attention: {self._attention}")
         if self._invoice is not None:
             details.append(f"invoice {self._invoice.invoice_number}")
-        if self._status in FINAL_STATUSES and self._closes_at is not None:
+        if is_final(self._status) and self._closes_at is not None:
             details.append(f"open for late calls until {self._closes_at:%Y-%m-%d %H:%M:%S} UTC")
         workflow.set_current_details(" · ".join(details))
