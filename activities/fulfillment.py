@@ -31,8 +31,12 @@ from activities.warehouse import (
     Warehouse,
     WarehouseError,
     WarehouseOrder,
+    WarehouseUnavailable,
 )
 from workflows.messages import CamelModel
+
+# What a later attempt may not meet: retried with backoff, each attempt visible to ops.
+TRANSIENT_ERRORS = (WarehouseUnavailable, OSError, TimeoutError)
 
 # Heartbeat far more often than the worker's throttle so that a cancellation, which arrives in
 # the answer to a heartbeat, is never waiting on us.
@@ -173,6 +177,15 @@ async def _warehouse_call(step: str, order_id: str, call: Awaitable[T]) -> T:
         raise
     except WarehouseError as err:
         raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as err:
+        # A fault retrying cannot fix (a value the warehouse cannot hold, a bug): end the step,
+        # so the order is compensated and the error shown, instead of an endless retry.
+        activity.logger.exception("%s failed for order %s", step, order_id)
+        raise ApplicationError(
+            f"{type(err).__name__}: {err}", type="WarehouseFailure", non_retryable=True
+        ) from err
     activity.logger.info(
         "%s done for order %s in %.2fs", step, order_id, time.monotonic() - started
     )

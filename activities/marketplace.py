@@ -17,9 +17,12 @@ from workflows.messages import CamelModel, Tracking
 if TYPE_CHECKING:
     from config import Settings
 
-# Statuses worth another try: the marketplace is overloaded or restarting. Any other 4xx says the
-# request itself is wrong, and sending it again cannot help.
-RETRYABLE_STATUSES = frozenset({408, 425, 429})
+# Statuses worth another try, besides every 5xx: the marketplace is overloaded or restarting
+# (408, 425, 429), does not know the order yet or is busy with it (404, 409), or refuses our
+# credentials until ops fix them (401, 403). None of these is fixed by changing what is sent, so
+# the same call is sent again, each attempt and its error visible in GET /pvt/orders/{orderId}.
+# Any other 4xx says the request itself is wrong, and sending it again cannot help.
+RETRYABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 
 class InvoiceNotice(CamelModel):
@@ -58,7 +61,8 @@ class MarketplaceAnswer(CamelModel):
 
 
 class MarketplaceUnavailable(Exception):
-    """The marketplace did not answer, or answered 5xx / 408 / 429: retried by Temporal."""
+    """The marketplace did not answer, or answered one of RETRYABLE_STATUSES: retried by
+    Temporal."""
 
 
 def marketplace_url(endpoint: str, *segments: str) -> str:
@@ -153,11 +157,22 @@ class MarketplaceClient:
             response = await self._http.post(url, json=body, headers=headers)
         except httpx.HTTPError as err:
             raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
-        if response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES:
-            raise MarketplaceUnavailable(f"POST {url} answered {response.status_code}")
-        if response.status_code >= 400:
+        status = response.status_code
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            raise MarketplaceUnavailable(f"POST {url} answered {status}")
+        if 300 <= status < 400:
+            # Redirects are not followed: the credentials would go wherever `Location` says, and a
+            # POST may come back a GET. Only a 2xx is a delivery.
+            location = response.headers.get("location", "")[:200]
             raise ApplicationError(
-                f"POST {url} answered {response.status_code}: {response.text[:500]}",
+                f"POST {url} answered {status} (redirect to {location or 'nowhere'}); "
+                "a marketplaceServicesEndpoint must be the final URL",
+                type="MarketplaceRedirected",
+                non_retryable=True,
+            )
+        if not 200 <= status < 300:
+            raise ApplicationError(
+                f"POST {url} answered {status}: {response.text[:200]}",
                 type="MarketplaceRejected",
                 non_retryable=True,
             )

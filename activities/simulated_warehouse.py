@@ -35,6 +35,7 @@ from activities.warehouse import (
     ShippingLabel,
     UnknownOrder,
     WarehouseOrder,
+    WarehouseUnavailable,
 )
 from workflows.messages import OrderLine
 
@@ -240,7 +241,8 @@ class SimulatedWarehouse:
     # Plumbing
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+        work = asyncio.to_thread(self._transient_as_unavailable, function, *args)
+        future = asyncio.ensure_future(work)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -250,6 +252,14 @@ class SimulatedWarehouse:
                 with suppress(asyncio.CancelledError):
                     await asyncio.wait({future})
             raise
+
+    @staticmethod
+    def _transient_as_unavailable(function: Callable[..., T], *args: Any) -> T:
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as err:
+            # Locked or busy past the timeout, disk I/O: a later try may well succeed.
+            raise WarehouseUnavailable(f"SQLite: {err}") from err
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the module must not open transactions behind our BEGIN IMMEDIATE.
@@ -396,9 +406,18 @@ class SimulatedWarehouse:
                 order_id=order.order_id, lines=order.lines, reserved_at=datetime.fromisoformat(at)
             )
 
+    @classmethod
+    def _order_to_fulfill(cls, connection: sqlite3.Connection, order_id: str) -> sqlite3.Row:
+        """The order, unless its stock was released: a step that outlived its cancellation (a
+        worker cut off from Temporal) must not pick, pack or label it afterwards."""
+        row = cls._order(connection, order_id)
+        if row["state"] == "released":
+            raise OrderReleased(f"order {order_id} was released: it is not fulfilled any more")
+        return row
+
     def _record_step(self, order_id: str, column: str) -> None:
         with self._transaction() as connection:
-            self._order(connection, order_id)
+            self._order_to_fulfill(connection, order_id)
             connection.execute(
                 f"UPDATE orders SET {column} = COALESCE({column}, ?) WHERE order_id = ?",
                 (_now(), order_id),
@@ -408,6 +427,7 @@ class SimulatedWarehouse:
         with self._transaction() as connection:
             row = self._order(connection, order_id)
             if row["label_id"] is None:
+                self._order_to_fulfill(connection, order_id)
                 tracking_number = f"SIM{secrets.randbelow(10**10):010d}"
                 connection.execute(
                     "UPDATE orders SET label_id = ?, courier = ?, tracking_number = ?,"

@@ -16,6 +16,8 @@ The contract every implementation keeps:
   wins, atomically. `release` of an invoiced order raises `AlreadyInvoiced`; `issue_invoice` of a
   released order raises `OrderReleased`.
 - Methods do not heartbeat: the activities around them do.
+- Transient failures are `WarehouseUnavailable` (or OSError / TimeoutError) and are retried;
+  refusals are `WarehouseError`s; anything else ends the step for good.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ class Invoice(CamelModel):
 
 class WarehouseError(Exception):
     """A refusal that retrying cannot change."""
+
+
+class WarehouseUnavailable(Exception):
+    """A failure that a later try may not meet (a lock, a timeout, a restart): retried.
+
+    Raise it (or let OSError / TimeoutError through) for what is transient. Any other exception
+    is taken as a fault retrying cannot fix: the step fails for good and the order is canceled
+    and compensated, rather than retried forever with nobody looking.
+    """
 
 
 class OutOfStock(WarehouseError):

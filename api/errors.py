@@ -30,6 +30,8 @@ CONFLICT_TYPES = frozenset(
         "OrderExpired",
         "OrderInvoiced",
         "OutOfStock",
+        "ReservationFailed",
+        "OrderAlreadyDispatched",
     }
 )
 
@@ -101,9 +103,43 @@ def parse_json(raw: bytes, content_type: str | None) -> Any:
     if not raw.strip():
         raise ApiError(400, "InvalidRequest", "the body is empty; a JSON object is expected")
     try:
-        return json.loads(raw)
+        payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, "MalformedJson", f"the body is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise too_deep() from err
+    if nesting_depth(payload) > MAX_JSON_DEPTH:
+        raise too_deep()
+    return payload
+
+
+# VTEX's bodies nest about five levels deep; far deeper is an attack on the parsers after ours.
+MAX_JSON_DEPTH = 32
+
+
+def too_deep() -> ApiError:
+    """The 400 of a body nested beyond MAX_JSON_DEPTH."""
+    return ApiError(
+        400, "MalformedJson", f"the body is nested more than {MAX_JSON_DEPTH} levels deep"
+    )
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, counted without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def validation_error(err: ValidationError) -> ApiError:

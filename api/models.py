@@ -11,13 +11,22 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from workflows.durations import parse_duration
 from workflows.ids import ORDER_ID_PATTERN
 
 OrderIdText = Annotated[str, Field(pattern=ORDER_ID_PATTERN)]
+
+# Every number VTEX sends must fit what the system holds: the warehouse's 64-bit integers, and
+# the marketplace's JSON readers, which are exact only up to 2^53. An order's value (items plus
+# freight, in cents) stays within that; each part is bounded so the sum is quick to check.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_QUANTITY = 1_000_000
+MAX_PRICE_CENTS = 10**12
+MAX_ITEMS = 1_000
+SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 
 
 class VtexModel(BaseModel):
@@ -37,9 +46,9 @@ class BundleItem(VtexModel):
     """`bundleItemsItem`."""
 
     type: str | None = None
-    id: int | None = None
+    id: SafeInt | None = None
     name: str | None = None
-    price: int | None = None
+    price: SafeInt | None = None
 
 
 class ItemAttachment(VtexModel):
@@ -55,26 +64,26 @@ class PriceTag(VtexModel):
     identifier: str | None = None
     is_percentual: bool | None = None
     name: str | None = None
-    raw_value: int | None = None
-    value: int | None = None
+    raw_value: SafeInt | None = None
+    value: SafeInt | None = None
 
 
 class PlacementItem(VtexModel):
     """An item of `orderPlacement.items`."""
 
     id: str = Field(min_length=1)
-    quantity: int = Field(ge=1)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
     seller: str | None = None
-    commission: int | None = None
-    freight_commission: int | None = None
+    commission: SafeInt | None = None
+    freight_commission: SafeInt | None = None
     # Unit price in cents.
-    price: int = Field(default=0, ge=0)
+    price: int = Field(default=0, ge=0, le=MAX_PRICE_CENTS)
     bundle_items: list[BundleItem] | None = None
     items_attachment: list[ItemAttachment] | None = None
     attachments: list[Any] | None = None
     price_tags: list[PriceTag] | None = None
     measurement_unit: str | None = None
-    unit_multiplier: int | None = None
+    unit_multiplier: SafeInt | None = None
     is_gift: bool | None = None
 
 
@@ -124,12 +133,12 @@ class DeliveryWindow(VtexModel):
 class LogisticsInfo(VtexModel):
     """`orderPlacement.shippingData.logisticsInfo[]`."""
 
-    item_index: int = Field(ge=0)
+    item_index: int = Field(ge=0, le=MAX_ITEMS)
     selected_sla: str
     lock_ttl: str | None = Field(default=None, alias="lockTTL")
     shipping_estimate: str | None = None
     # Freight in cents.
-    price: int = Field(ge=0)
+    price: int = Field(ge=0, le=MAX_PRICE_CENTS)
     delivery_window: DeliveryWindow | None = None
 
     @field_validator("lock_ttl")
@@ -165,8 +174,8 @@ class OrderPlacement(VtexModel):
     marketplace_order_id: OrderIdText
     # Where the invoice and tracking go; the spec leaves it optional, this seller needs it.
     marketplace_services_endpoint: str
-    marketplace_payment_value: int | None = None
-    items: list[PlacementItem] = Field(min_length=1)
+    marketplace_payment_value: SafeInt | None = None
+    items: list[PlacementItem] = Field(min_length=1, max_length=MAX_ITEMS)
     payment_data: dict[str, Any] | None = None
     client_profile_data: ClientProfileData | None = None
     shipping_data: ShippingData | None = None
@@ -180,6 +189,16 @@ class OrderPlacement(VtexModel):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL, e.g. https://store.vtexcommercestable.com.br")
         return value
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> OrderPlacement:
+        items = sum(item.price * item.quantity for item in self.items)
+        logistics = (self.shipping_data.logistics_info if self.shipping_data else None) or []
+        if items + sum(info.price for info in logistics) > MAX_SAFE_INTEGER:
+            raise ValueError(
+                f"the order's value (items plus freight) is over {MAX_SAFE_INTEGER} cents"
+            )
+        return self
 
 
 class ResponseOrderPlacement(VtexModel):

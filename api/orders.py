@@ -8,9 +8,12 @@ first call's outcome, even after the workflow has closed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from temporalio.client import (
@@ -18,18 +21,21 @@ from temporalio.client import (
     RPCTimeoutOrCancelledError,
     WithStartWorkflowOperation,
     WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import CONFLICT_TYPES, ApiError, not_found, unavailable
 from api.models import OrderPlacement, RequestOrderId
 from config import Settings
 from workflows import ids
-from workflows.durations import parse_duration
+from workflows.durations import lock_deadline, parse_duration
+from workflows.lifecycle import CANCEL_CONFIRMED_IN
 from workflows.messages import (
     CancelRequest,
     DispatchRequest,
@@ -38,10 +44,11 @@ from workflows.messages import (
     OrderReceipt,
     OrderStatus,
     OrderView,
+    PendingCall,
     PlacementResult,
     PlaceRequest,
 )
-from workflows.order import OrderWorkflow
+from workflows.order import OrderWorkflow, vtex_date
 
 log = logging.getLogger("api")
 
@@ -49,13 +56,24 @@ T = TypeVar("T")
 Handle = WorkflowHandle[OrderWorkflow, OrderView]
 
 
+def placement_fingerprint(placement: OrderPlacement) -> str:
+    """A digest of the placement as parsed: equal for a retry of it, different for another one."""
+    canonical = json.dumps(
+        placement.model_dump(mode="json", by_alias=True, exclude_none=True),
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def order_input(placement: OrderPlacement, settings: Settings, received_at: datetime) -> OrderInput:
     """What the order workflow needs from a placement."""
     logistics = (placement.shipping_data.logistics_info if placement.shipping_data else None) or []
-    lock_ttls = [parse_duration(info.lock_ttl) for info in logistics if info.lock_ttl]
+    lock_ttls = [info.lock_ttl for info in logistics if info.lock_ttl]
+    lock_ttls = lock_ttls or [settings.default_lock_ttl]
     # The lock lasts as long as the longest item lock: expiring earlier could release stock
-    # the marketplace still holds an order for.
-    lock_ttl = max(lock_ttls) if lock_ttls else parse_duration(settings.default_lock_ttl)
+    # the marketplace still holds an order for. Business days (`3bd`) skip weekends.
+    lock_ttl = max(lock_deadline(ttl, received_at) for ttl in lock_ttls) - received_at
     address = placement.shipping_data.address if placement.shipping_data else None
     return OrderInput(
         marketplace_order_id=placement.marketplace_order_id,
@@ -70,13 +88,19 @@ def order_input(placement: OrderPlacement, settings: Settings, received_at: date
         placed_at=received_at,
         lock_ttl_seconds=lock_ttl.total_seconds(),
         late_call_window_seconds=parse_duration(settings.late_call_window).total_seconds(),
+        placement_fingerprint=placement_fingerprint(placement),
     )
 
 
 async def place_order(
     client: Client, settings: Settings, placement: OrderPlacement, received_at: datetime
 ) -> PlacementResult:
-    """Start the order's workflow (or join it) and wait until its stock is reserved."""
+    """Start the order's workflow (or join it) and wait until its stock is reserved.
+
+    A placement with the marketplaceOrderId of an earlier, different one gets 409
+    `PlacementConflict`: Temporal answers the fixed update id with the first placement's outcome,
+    which carries the first placement's fingerprint.
+    """
     order = order_input(placement, settings, received_at)
     start = WithStartWorkflowOperation(
         OrderWorkflow.run,
@@ -88,13 +112,48 @@ async def place_order(
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         static_summary=f"VTEX order {order.marketplace_order_id} (seller {order.order_id})",
     )
-    call = client.execute_update_with_start_workflow(
-        OrderWorkflow.place,
-        PlaceRequest(received_at=received_at),
-        start_workflow_operation=start,
-        id=ids.PLACE_UPDATE_ID,
-    )
-    return await _answer(settings, call)
+
+    async def place() -> PlacementResult:
+        try:
+            return await client.execute_update_with_start_workflow(
+                OrderWorkflow.place,
+                PlaceRequest(received_at=received_at),
+                start_workflow_operation=start,
+                id=ids.PLACE_UPDATE_ID,
+            )
+        except WorkflowUpdateFailedError as err:
+            # A refused placement (OutOfStock) carries the fingerprint of the one refused.
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                _check_same_placement(order, str(cause.details[0]))
+            raise
+
+    try:
+        result = await _answer(settings, place())
+    except WorkflowAlreadyStartedError as err:
+        # The workflow has closed and is not answering this update id: it was terminated or
+        # failed before the placement was answered. The order is not going to be placed again.
+        view = await _query(client, settings, order.marketplace_order_id)
+        status = f" ({view.status})" if view else ""
+        raise ApiError(
+            409,
+            "OrderClosed",
+            f"order {order.order_id}{status} was closed in Temporal before its placement was "
+            "answered; it cannot be placed again",
+        ) from err
+    _check_same_placement(order, result.placement_fingerprint)
+    return result
+
+
+def _check_same_placement(order: OrderInput, first_fingerprint: str) -> None:
+    # An order started before fingerprints existed has none: nothing to compare with.
+    if first_fingerprint and first_fingerprint != order.placement_fingerprint:
+        raise ApiError(
+            409,
+            "PlacementConflict",
+            f"marketplaceOrderId {order.marketplace_order_id} was placed before with another "
+            f"body (items, prices, address...); order {order.order_id} keeps the first one",
+        )
 
 
 async def dispatch_order(
@@ -110,7 +169,14 @@ async def dispatch_order(
             OrderWorkflow.dispatch, request, id=ids.DISPATCH_UPDATE_ID
         )
 
-    return await _on_order(client, settings, path_id, body.marketplace_order_id, dispatch)
+    def on_closed(view: OrderView) -> OrderReceipt:
+        if view.dispatch is not None:
+            return view.dispatch
+        raise _closed_order_conflict(view)
+
+    return await _on_order(
+        client, settings, path_id, body.marketplace_order_id, dispatch, on_closed
+    )
 
 
 async def cancel_order(
@@ -140,16 +206,54 @@ async def cancel_order(
             # the confirmation (or the refusal) from the same update.
             return None
 
-    return await _on_order(client, settings, path_id, body.marketplace_order_id, cancel)
+    def on_closed(view: OrderView) -> OrderReceipt:
+        # The order is not going to be fulfilled: the cancellation is confirmed, with the same
+        # receipt every time it is asked.
+        if view.status in CANCEL_CONFIRMED_IN:
+            if view.cancellation is not None:
+                return view.cancellation.receipt
+            return _closed_order_receipt(view, "cancel")
+        raise _closed_order_conflict(view)
+
+    return await _on_order(client, settings, path_id, body.marketplace_order_id, cancel, on_closed)
 
 
 async def get_order(client: Client, settings: Settings, path_id: str) -> OrderView:
-    """The order, from its workflow's query (open or closed)."""
+    """The order, from its workflow's query (open or closed), with the calls it is retrying."""
     for marketplace_order_id in ids.marketplace_ids_for_path(path_id):
         view = await _query(client, settings, marketplace_order_id)
         if view is not None:
+            view.pending_calls = await _pending_calls(client, settings, marketplace_order_id)
             return view
     raise not_found(path_id)
+
+
+async def _pending_calls(
+    client: Client, settings: Settings, marketplace_order_id: str
+) -> list[PendingCall]:
+    """The order's activities in flight, with their attempts and last error (from Temporal)."""
+    handle = client.get_workflow_handle(ids.workflow_id(marketplace_order_id))
+    try:
+        description = await asyncio.wait_for(handle.describe(), settings.update_timeout_seconds)
+    except (RPCError, TimeoutError):
+        return []  # The order itself was read; what it is retrying is a nice-to-have.
+    calls = []
+    for pending in description.raw_description.pending_activities:
+        last_error = pending.last_failure.message if pending.HasField("last_failure") else None
+        next_attempt = (
+            pending.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
+            if pending.HasField("next_attempt_schedule_time")
+            else None
+        )
+        calls.append(
+            PendingCall(
+                activity=pending.activity_type.name,
+                attempt=pending.attempt,
+                last_error=last_error or None,
+                next_attempt_at=next_attempt,
+            )
+        )
+    return calls
 
 
 async def _on_order(
@@ -158,37 +262,45 @@ async def _on_order(
     path_id: str,
     marketplace_order_id: str,
     call: Callable[[Handle], Awaitable[T]],
+    on_closed: Callable[[OrderView], T],
 ) -> T:
-    """Run an update call on the order the path names; 404 and closed orders handled here."""
-    if ids.path_names_order(path_id, marketplace_order_id):
-        candidates = [marketplace_order_id]
-    else:
-        # The path names some other order (or none): its workflow's validator, or its closed
-        # state, says 409; no workflow at all says 404.
-        candidates = ids.marketplace_ids_for_path(path_id)
-    for candidate in candidates:
-        handle: Handle = client.get_workflow_handle_for(
-            OrderWorkflow.run, ids.workflow_id(candidate)
-        )
-        try:
-            return await _answer(settings, call(handle))
-        except RPCError:
-            pass  # NOT_FOUND: _answer maps every other status to 503.
-        # Not found: either no such order, or its workflow has closed and this is a new call.
-        view = await _query(client, settings, candidate)
-        if view is not None:
-            raise _closed_order_conflict(view, marketplace_order_id)
-    raise not_found(path_id)
+    """Run an update call on the order the path names; 404, 409 and closed orders handled here.
 
-
-def _closed_order_conflict(view: OrderView, marketplace_order_id: str) -> ApiError:
-    if view.marketplace_order_id != marketplace_order_id:
-        return ApiError(
+    The body must name the same order as the path, checked here for every call: a retried update
+    id is answered by Temporal with its first outcome without running the workflow's validator.
+    """
+    if not ids.path_names_order(path_id, marketplace_order_id):
+        raise ApiError(
             409,
             "MarketplaceOrderIdMismatch",
-            f"marketplaceOrderId {marketplace_order_id} is not the one of order {view.order_id} "
-            f"({view.marketplace_order_id})",
+            f"marketplaceOrderId {marketplace_order_id} is not the order of the path ({path_id})",
         )
+    handle: Handle = client.get_workflow_handle_for(
+        OrderWorkflow.run, ids.workflow_id(marketplace_order_id)
+    )
+    try:
+        return await _answer(settings, call(handle))
+    except RPCError:
+        pass  # NOT_FOUND: _answer maps every other status to 503.
+    # Not found: either no such order, or its workflow has closed and this is a new call.
+    view = await _query(client, settings, marketplace_order_id)
+    if view is None:
+        raise not_found(path_id)
+    return on_closed(view)
+
+
+def _closed_order_receipt(view: OrderView, call: str) -> OrderReceipt:
+    """A receipt for a call the closed order never saw: the same one for every retry."""
+    when = view.canceled_at or view.expired_at or view.invoiced_at or view.placed_at
+    return OrderReceipt(
+        date=vtex_date(when),
+        marketplace_order_id=view.marketplace_order_id,
+        order_id=view.order_id,
+        receipt=str(uuid.uuid5(uuid.NAMESPACE_URL, f"temporal:{view.workflow_id}/{call}")),
+    )
+
+
+def _closed_order_conflict(view: OrderView) -> ApiError:
     codes = {
         OrderStatus.CANCELED: "OrderCanceled",
         OrderStatus.EXPIRED: "OrderExpired",
@@ -219,6 +331,9 @@ async def _query(client: Client, settings: Settings, marketplace_order_id: str) 
         raise unavailable(
             f"no worker answered within {settings.update_timeout_seconds:g}s; retry"
         ) from err
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
+        log.error("order %s could not be queried: %s", marketplace_order_id, err)
+        raise unavailable(f"the order could not be read ({err}); retry later") from err
 
 
 async def _answer(settings: Settings, call: Awaitable[T]) -> T:
@@ -234,7 +349,15 @@ async def _answer(settings: Settings, call: Awaitable[T]) -> T:
         cause = err.cause
         if isinstance(cause, ApplicationError) and cause.type in CONFLICT_TYPES:
             raise ApiError(409, cause.type, cause.message) from err
-        raise
+        if isinstance(cause, ApplicationError) and cause.type == "AcceptedUpdateCompletedWorkflow":
+            # Terminated (or failed) in Temporal while the call waited: it will never be answered.
+            raise ApiError(
+                409,
+                "OrderClosed",
+                "the order's workflow was closed in Temporal before it answered this call",
+            ) from err
+        log.error("unexpected refusal from the order workflow: %r", cause)
+        raise unavailable(f"the order could not answer ({cause}); retry later") from err
     except RPCError as err:
         # NOT_FOUND is for the caller to tell apart (no such order, or a closed one).
         if err.status == RPCStatusCode.NOT_FOUND:

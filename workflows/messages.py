@@ -180,6 +180,15 @@ class InvoiceView(CamelModel):
     resent_count: int = 0
 
 
+class PendingCall(CamelModel):
+    """An activity of the order in flight: a step, or a call the marketplace has not taken yet."""
+
+    activity: str
+    attempt: int
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
 class OrderView(CamelModel):
     """The order as people and scripts see it (GET /pvt/orders/{orderId})."""
 
@@ -207,3 +216,5 @@ class OrderView(CamelModel):
     compensations: list[str] = []
     tracking: Tracking | None = None
     invoice: InvoiceView | None = None
+    # Filled in by the API from Temporal (the workflow cannot see its activities' retries).
+    pending_calls: list[PendingCall] = []
