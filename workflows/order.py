@@ -113,7 +113,7 @@ def failure_text(err: BaseException) -> str:
         cause = err.cause
         if isinstance(cause, CancelledError):
             return "cancelled"
-        message = str(cause) or type(cause).__name__
+        message = getattr(cause, "message", None) or str(cause) or type(cause).__name__
         kind = cause.type if isinstance(cause, ApplicationError) and cause.type else None
         return f"{kind}: {message}" if kind else message
     return str(err) or type(err).__name__

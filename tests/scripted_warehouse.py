@@ -1,0 +1,80 @@
+"""Warehouses plugged in through the WAREHOUSE setting, as a deployment plugs in its own: the
+simulated one, but with the behaviours a real warehouse system may have and the contract allows
+(activities/warehouse.py). Tests choose a behaviour per order by the SKU they order, so that
+orders of other tests on the same worker are not affected:
+
+- `slowrelease-*`: a release takes RELEASE_SECONDS.
+- `slowreserve-*`: a reservation takes RESERVE_SECONDS.
+- `stubborn-*`: pick finishes even when cancelled (a cancellation is a request, not a fact).
+- `damaged-*`: pick refuses for good (a SKU found damaged): `DamagedItem`.
+- `brokeninvoice-*`: issuing the invoice fails with a fault retrying cannot fix.
+
+The worker runs in the test's own event loop (tests/stack.py), so `started` lets a test wait
+until a slow call is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+from activities.simulated_warehouse import SimulatedWarehouse
+from activities.warehouse import Invoice, Reservation, WarehouseError, WarehouseOrder
+
+RELEASE_SECONDS = 2.0
+RESERVE_SECONDS = 1.5
+
+# (call, order_id) -> set once that call has started, e.g. started["release", "SLR-T1-01"].
+started: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+
+
+class DamagedItem(WarehouseError):
+    """The SKU was found damaged on the shelf: the order cannot be fulfilled."""
+
+
+class ScriptedWarehouse(SimulatedWarehouse):
+    """The simulated warehouse with the behaviours above, chosen by SKU prefix."""
+
+    def __init__(self, db_path: Path, default_stock: int = 1000, step_seconds: float = 2.0) -> None:
+        super().__init__(db_path, default_stock, step_seconds)
+        self._skus: dict[str, list[str]] = {}
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        """Remember the order's SKUs; reserve, slowly for `slowreserve-*`."""
+        self._skus[order.order_id] = [line.sku for line in order.lines]
+        started["reserve", order.order_id].set()
+        if self._has(order.order_id, "slowreserve-"):
+            await asyncio.sleep(RESERVE_SECONDS)
+        return await super().reserve(order)
+
+    async def pick(self, order_id: str) -> None:
+        """Pick; `stubborn-*` finishes even when cancelled, `damaged-*` refuses."""
+        started["pick", order_id].set()
+        if self._has(order_id, "damaged-"):
+            raise DamagedItem(f"order {order_id}: an item was found damaged at pick")
+        if self._has(order_id, "stubborn-"):
+            step = asyncio.ensure_future(super().pick(order_id))
+            while not step.done():
+                try:
+                    await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    continue  # Heard the cancellation; finishes the pick all the same.
+            return
+        await super().pick(order_id)
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        """Issue the invoice; `brokeninvoice-*` fails with a fault retrying cannot fix."""
+        if self._has(order.order_id, "brokeninvoice-"):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return await super().issue_invoice(order)
+
+    async def release(self, order_id: str) -> bool:
+        """Release, slowly for `slowrelease-*`."""
+        started["release", order_id].set()
+        if self._has(order_id, "slowrelease-"):
+            await asyncio.sleep(RELEASE_SECONDS)
+        return await super().release(order_id)
+
+    def _has(self, order_id: str, prefix: str) -> bool:
+        return any(sku.startswith(prefix) for sku in self._skus.get(order_id, []))
