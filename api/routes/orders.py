@@ -1,5 +1,5 @@
 """The External Seller endpoints, paths exactly as VTEX calls them. Handlers stay thin: parse,
-call Temporal (api/orders.py), shape the answer."""
+call Temporal (api/order_calls.py), shape the answer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from api import orders
+from api import order_calls
 from api.deps import ClientDep, SettingsDep, require_vtex_credentials
 from api.errors import ApiError, parse_json, validation_error
 from api.models import (
@@ -113,7 +113,7 @@ async def order_placement(
             )
         payload = payload[0]
     placement = _validate(OrderPlacement, payload)
-    result = await orders.place_order(client, settings, placement, _now())
+    result = await order_calls.place_order(client, settings, placement, _now())
     log.info("order %s placed (seller %s)", result.marketplace_order_id, result.order_id)
     answer = _placement_answer(placement, result, settings)
     return JSONResponse([answer] if as_list else answer)
@@ -154,7 +154,7 @@ async def authorize_fulfillment(
 ) -> ResponseOrderId:
     """Start the order's fulfillment. A retry answers the same `receipt` and `date`."""
     body = _validate(RequestOrderId, await _read_json(request))
-    receipt = await orders.dispatch_order(
+    receipt = await order_calls.dispatch_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
     log.info("order %s dispatched (receipt %s)", receipt.order_id, receipt.receipt)
@@ -182,7 +182,9 @@ async def cancel_order(
     """Cancel the order: confirm (200 with the receipt), evaluate (200, empty body: still
     aborting; call again) or refuse (409 once invoiced; the invoice is sent again)."""
     body = _validate(RequestOrderId, await _read_json(request))
-    receipt = await orders.cancel_order(client, settings, _checked_path_id(order_id), body, _now())
+    receipt = await order_calls.cancel_order(
+        client, settings, _checked_path_id(order_id), body, _now()
+    )
     if receipt is None:
         log.info("order %s: cancellation still being evaluated", body.marketplace_order_id)
         return Response(status_code=200)
@@ -200,7 +202,7 @@ async def get_order(
     order_id: OrderIdPath, client: ClientDep, settings: SettingsDep
 ) -> OrderDetails:
     """Status, current step, times, receipts, invoice, tracking and the Temporal workflow id."""
-    view = await orders.get_order(client, settings, _checked_path_id(order_id))
+    view = await order_calls.get_order(client, settings, _checked_path_id(order_id))
     details = OrderDetails.model_validate(view.model_dump())
     if settings.temporal_ui_url:
         details.temporal_ui_url = (

@@ -27,7 +27,7 @@ from temporalio.client import (
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, TemporalError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import CONFLICT_TYPES, ApiError, not_found, unavailable
@@ -363,3 +363,9 @@ async def _answer(settings: Settings, call: Awaitable[T]) -> T:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise
         raise unavailable(f"Temporal: {err.message}") from err
+    except WorkflowAlreadyStartedError:
+        raise  # For the placement to tell apart: the order's workflow has closed.
+    except TemporalError as err:
+        # Whatever else Temporal may answer: the call did not complete; the retry joins it.
+        log.error("unexpected answer from Temporal: %r", err)
+        raise unavailable(f"Temporal: {err}") from err
