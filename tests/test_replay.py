@@ -4,7 +4,9 @@ Two sources: histories recorded now, from the main scenarios, and the histories 
 tests/histories/, recorded by earlier versions of the workflow. A change to the workflow that
 would break a running order fails here; guard it with `workflow.patched()`.
 
-To add today's histories to the committed ones: `RECORD_HISTORIES=1 make test`.
+To add today's histories to the committed ones: `RECORD_HISTORIES=1 make test` (it writes the
+scenarios that have no committed history yet; an old history is never overwritten, since proving
+that the orders it stands for still replay is its whole point).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from tests.stack import Stack, new_order_id, running_stack
+from tests.stack import Stack, new_order_id, placement_example, running_stack
 from workflows.order import OrderWorkflow
 
 HISTORY_DIR = Path(__file__).resolve().parent / "histories"
@@ -55,15 +57,52 @@ async def _canceled_before_dispatch(stack: Stack) -> str:
     return order_id
 
 
+async def _expired_then_canceled(stack: Stack) -> str:
+    order_id = new_order_id()
+    body = placement_example(order_id, stack.endpoint)
+    body["shippingData"]["logisticsInfo"][0]["lockTTL"] = "1s"
+    await stack.http.post("/pvt/orders", json=body)
+    await stack.wait_for(order_id, lambda o: o["status"] == "expired")
+    assert (await stack.cancel(order_id)).status_code == 200
+    return order_id
+
+
+async def _step_failed_for_good(stack: Stack) -> str:
+    order_id = new_order_id()
+    body = placement_example(order_id, stack.endpoint)
+    body["items"][0]["id"] = f"damaged-{order_id}"  # tests/scripted_warehouse.py refuses at pick
+    await stack.http.post("/pvt/orders", json=body)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["status"] == "canceled")
+    return order_id
+
+
+async def _operator_canceled_mid_step(stack: Stack) -> str:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["currentStep"] == "pack")
+    await stack.handle(order_id).cancel()
+    await stack.wait_for(order_id, lambda o: o["status"] == "canceled")
+    return order_id
+
+
 async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     histories: dict[str, WorkflowHistory] = {}
     async with running_stack(
-        temporal_env, tmp_path, fulfillment_step_seconds=0.5, late_call_window="2s"
+        temporal_env,
+        tmp_path,
+        fulfillment_step_seconds=0.5,
+        late_call_window="2s",
+        warehouse="tests.scripted_warehouse:ScriptedWarehouse.from_settings",
     ) as stack:
         scenarios = {
             "invoiced_then_refused": _invoiced_then_refused,
             "canceled_mid_step": _canceled_mid_step,
             "canceled_before_dispatch": _canceled_before_dispatch,
+            "expired_then_canceled": _expired_then_canceled,
+            "step_failed_for_good": _step_failed_for_good,
+            "operator_canceled_mid_step": _operator_canceled_mid_step,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)
@@ -78,6 +117,8 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
     if os.environ.get("RECORD_HISTORIES"):
         HISTORY_DIR.mkdir(exist_ok=True)
         for name, history in histories.items():
+            if (HISTORY_DIR / f"{name}.json").exists():
+                continue
             (HISTORY_DIR / f"{name}.json").write_text(
                 json.dumps(history.to_json_dict(), indent=1) + "\n"
             )
