@@ -14,7 +14,8 @@ from activities.warehouse import Invoice
 from tests.stack import CONTRACT_DIR
 from workflows import ids
 from workflows.durations import parse_duration
-from workflows.messages import OrderLine, Tracking
+from workflows.lifecycle import NEXT_STATUSES, can_move, dispatch_refusal, is_final
+from workflows.messages import OrderLine, OrderStatus, Tracking
 from workflows.order import vtex_date
 
 
@@ -133,3 +134,27 @@ def test_the_contract_copy_is_vtexs_file(name: str, schemas: set[str]) -> None:
     shared = CONTRACT_DIR.parent.parent / "shared" / "reference" / name
     if shared.exists():
         assert copy == shared.read_bytes(), f"{name} changed in shared/reference: copy it again"
+
+
+def test_the_lifecycle_only_moves_forward_and_ends() -> None:
+    S = OrderStatus
+    assert set(NEXT_STATUSES) == set(S)
+    # From every status a final one is reachable, and a final status goes nowhere.
+    for status in S:
+        seen, frontier = {status}, [status]
+        while frontier:
+            for target in NEXT_STATUSES[frontier.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    frontier.append(target)
+        assert any(is_final(s) for s in seen), status
+        assert is_final(status) == (not NEXT_STATUSES[status])
+    # Once the stock is being given back, nothing can start the work the compensation undoes.
+    assert not can_move(S.CANCELING, S.FULFILLING)
+    assert not can_move(S.EXPIRING, S.FULFILLING)
+    assert dispatch_refusal(S.EXPIRING) == "OrderExpired"
+    assert dispatch_refusal(S.CANCELING) == "OrderCanceled"
+    assert dispatch_refusal(S.PLACED) is None
+    # The invoice may win a race with a cancellation, never with an expiry.
+    assert can_move(S.CANCELING, S.INVOICED)
+    assert not can_move(S.EXPIRING, S.INVOICED)
