@@ -60,10 +60,19 @@ def _body_request(schema_name: str) -> dict[str, Any]:
 
 
 async def _read_json(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
-    return parse_json(raw, request.headers.get("content-type"))
+    """The body's JSON, read only up to MAX_BODY_BYTES: a larger one is refused before it is
+    held in memory, whether it says its size (`Content-Length`) or streams it."""
+    too_large = ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks), request.headers.get("content-type"))
 
 
 def _validate(model: type[M], payload: Any) -> M:
