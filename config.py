@@ -12,7 +12,7 @@ from pathlib import Path
 
 import temporalio.activity
 import temporalio.workflow
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows.durations import parse_duration
@@ -35,8 +35,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # When both are set, every /pvt call must carry them in X-VTEX-API-AppKey / X-VTEX-API-AppToken.
+    # Setting one without the other is refused: authentication is never half on.
     seller_app_key: str = ""
     seller_app_token: str = ""
+    # The API refuses to listen beyond loopback without credentials unless this says so.
+    allow_unauthenticated: bool = False
     # How long the API waits for the worker to accept a placement, dispatch or cancellation
     # before it answers 503 (the marketplace retries; the retry joins the same Temporal update).
     update_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -74,6 +77,17 @@ class Settings(BaseSettings):
     def _duration(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @model_validator(mode="after")
+    def _credentials_are_whole(self) -> Settings:
+        if bool(self.seller_app_key) != bool(self.seller_app_token):
+            missing = "SELLER_APP_TOKEN" if self.seller_app_key else "SELLER_APP_KEY"
+            present = "SELLER_APP_KEY" if self.seller_app_key else "SELLER_APP_TOKEN"
+            raise ValueError(
+                f"{present} is set but {missing} is not: set both to require VTEX's credentials, "
+                "or neither"
+            )
+        return self
 
     @property
     def warehouse_db_path(self) -> Path:

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import sys
+
 import uvicorn
+from pydantic import ValidationError
 
 from api.app import create_app
-from config import configure_logging, get_settings
+from config import Settings, configure_logging, get_settings
+
+log = logging.getLogger("api")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # A host name: it may resolve to anything.
+
+
+def authentication_problem(settings: Settings) -> str | None:
+    """Why the API must not start as configured, or None."""
+    if settings.seller_auth_enabled or is_loopback(settings.api_host):
+        return None
+    if settings.allow_unauthenticated:
+        return None
+    return (
+        f"API_HOST={settings.api_host} is reachable from other machines, but SELLER_APP_KEY and "
+        "SELLER_APP_TOKEN are not set: anyone could place and cancel orders. Set both, or set "
+        "ALLOW_UNAUTHENTICATED=true if something in front of the API checks callers."
+    )
 
 
 def main() -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted; refuse to start with authentication half on or off in public."""
     configure_logging()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        sys.exit(f"the API cannot start: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
+    problem = authentication_problem(settings)
+    if problem:
+        sys.exit(f"the API cannot start: {problem}")
+    log.info(
+        "authentication %s",
+        "on: every /pvt call must carry X-VTEX-API-AppKey and X-VTEX-API-AppToken"
+        if settings.seller_auth_enabled
+        else "OFF: /pvt calls are not checked (set SELLER_APP_KEY and SELLER_APP_TOKEN)",
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

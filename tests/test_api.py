@@ -7,7 +7,10 @@ Every success is validated against the schemas of VTEX's OpenAPI file; every fai
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -400,3 +403,27 @@ async def test_no_worker_is_a_503_and_the_retry_completes(
             finally:
                 stop.set()
                 await worker
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"SELLER_APP_KEY": "key"}, "SELLER_APP_KEY is set but SELLER_APP_TOKEN is not"),
+        ({"SELLER_APP_TOKEN": "secret"}, "SELLER_APP_TOKEN is set but SELLER_APP_KEY is not"),
+        ({"API_HOST": "0.0.0.0"}, "API_HOST=0.0.0.0 is reachable from other machines"),
+    ],
+)
+def test_the_api_refuses_to_start_with_authentication_half_on_or_off_in_public(
+    env: dict[str, str], says: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SELLER_", "API_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "api"],
+        env=clean | env | {"API_PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert says in result.stderr
+    assert "secret" not in result.stderr + result.stdout
