@@ -107,10 +107,16 @@ class FakeMarketplaceState:
     lock is for a test that reads the state from another thread.
     """
 
-    def __init__(self, delay_seconds: float = 0.0) -> None:
-        """Start with no calls, no injected failures and the given answer delay."""
+    def __init__(self, delay_seconds: float = 0.0, journal: Path | None = None) -> None:
+        """Start with no calls, no injected failures and the given answer delay.
+
+        With a `journal`, every call is also appended to that file as one JSON line (the shape of
+        `GET /calls`), so the record survives a restart: `GET /calls` then lists the journal,
+        earlier runs' calls included.
+        """
         # Waited before answering each marketplace call, e.g. to make the seller's client time out.
         self.delay_seconds = delay_seconds
+        self.journal = journal
         self._calls: list[RecordedCall] = []
         self._failures: defaultdict[str, deque[int]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -158,6 +164,18 @@ class FakeMarketplaceState:
                     return calls
                 await asyncio.sleep(0.02)
 
+    def journaled(self, marketplace_order_id: str | None = None) -> list[dict[str, Any]]:
+        """Every call in the journal, this run's and earlier runs', as `GET /calls` shows them."""
+        assert self.journal is not None
+        if not self.journal.exists():
+            return []
+        with self._lock:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        calls = [json.loads(line) for line in lines if line.strip()]
+        if marketplace_order_id is None:
+            return calls
+        return [call for call in calls if call["marketplaceOrderId"] == marketplace_order_id]
+
     def clear(self) -> None:
         """Forget the recorded calls and any pending injected failures."""
         with self._lock:
@@ -172,6 +190,9 @@ class FakeMarketplaceState:
     def _record(self, call: RecordedCall) -> None:
         with self._lock:
             self._calls.append(call)
+            if self.journal is not None:
+                with self.journal.open("a", encoding="utf-8") as journal:
+                    journal.write(json.dumps(call.to_json()) + "\n")
 
 
 @lru_cache
@@ -221,7 +242,8 @@ def create_app(state: FakeMarketplaceState | None = None) -> FastAPI:
 
     @app.get("/calls")
     async def list_calls(marketplaceOrderId: str | None = None) -> list[dict[str, Any]]:
-        return [call.to_json() for call in state.calls(marketplace_order_id=marketplaceOrderId)]
+        calls = [call.to_json() for call in state.calls(marketplace_order_id=marketplaceOrderId)]
+        return state.journaled(marketplaceOrderId) if state.journal else calls
 
     @app.delete("/calls", status_code=204)
     async def clear_calls() -> Response:
@@ -342,12 +364,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A fake VTEX marketplace for the seller.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument(
+        "--journal", type=Path, help="append every call to this JSON-lines file (kept across runs)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logger.info(
         "fake marketplace: listening on http://%s:%d (calls: GET /calls)", args.host, args.port
     )
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    state = FakeMarketplaceState(journal=args.journal)
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
