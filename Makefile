@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -33,6 +33,10 @@ format: $(STAMP)
 ## bench: throughput and latency of the whole stack on this machine.
 bench: $(STAMP)
 	$(PY) -m devtools.bench
+
+## soak: 2,000 orders over 5 minutes on real processes, a worker and the marketplace killed; then the invariant checker.
+soak: $(STAMP)
+	$(PY) -m devtools.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
