@@ -25,6 +25,7 @@ import json
 import sqlite3
 import sys
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,15 @@ class Report:
         )
 
 
+# What the marketplace received: the calls, or a function that reads them. A function is called
+# only once the orders have been read, so that an invoice an order says it sent is already there.
+MarketplaceCalls = list[dict[str, Any]] | Callable[[], Awaitable[list[dict[str, Any]]]] | None
+
+
 async def find_violations(
     client: Client,
     warehouse: SimulatedWarehouse,
-    marketplace_calls: list[dict[str, Any]] | None,
+    marketplace_calls: MarketplaceCalls,
     *,
     query: str = DEFAULT_QUERY,
     require_final: bool = False,
@@ -108,13 +114,15 @@ async def find_violations(
 async def check(
     client: Client,
     warehouse: SimulatedWarehouse,
-    marketplace_calls: list[dict[str, Any]] | None,
+    marketplace_calls: MarketplaceCalls,
     *,
     query: str = DEFAULT_QUERY,
     require_final: bool = False,
 ) -> Report:
     """Check stock conservation, each order against the warehouse and the marketplace."""
     views, unreadable = await _read_orders(client, query)
+    if callable(marketplace_calls):
+        marketplace_calls = await marketplace_calls()
     records = _warehouse_orders(warehouse.db_path)
     violations = _stock_violations(warehouse.db_path)
     calls_by_order: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -333,13 +341,11 @@ async def _main(args: argparse.Namespace) -> int:
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
         )
-        calls = (
-            await load_marketplace_calls(args.marketplace_calls) if args.marketplace_calls else None
-        )
+        source = args.marketplace_calls
         report = await check(
             client,
             SimulatedWarehouse.from_settings(settings),
-            calls,
+            (lambda: load_marketplace_calls(source)) if source else None,
             query=args.query,
             require_final=args.require_final,
         )

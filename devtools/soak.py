@@ -162,7 +162,8 @@ async def faults(stack: ProcessStack, tally: Tally, seconds: float) -> None:
 async def wait_final(
     http: httpx.AsyncClient, order_ids: list[str], within: float
 ) -> dict[str, str]:
-    """Each order's status once final, or its last status when `within` ran out."""
+    """Each order's status once settled (final, and no call to the marketplace still being
+    retried), or its last status when `within` ran out."""
     statuses: dict[str, str] = {}
     deadline = time.monotonic() + within
     pending = list(order_ids)
@@ -171,11 +172,13 @@ async def wait_final(
         for order_id in pending:
             try:
                 response = await http.get(f"/pvt/orders/{ids.seller_order_id(order_id)}")
-                status = response.json().get("status", "?")
+                order = response.json()
+                status = order.get("status", "?")
+                settled = status in FINAL and not order.get("pendingCalls")
             except (httpx.TransportError, ValueError):
-                status = "?"
+                status, settled = "?", False
             statuses[order_id] = status
-            if status not in FINAL:
+            if not settled:
                 still.append(order_id)
         pending = still
         if pending:
@@ -215,11 +218,10 @@ async def soak(args: argparse.Namespace) -> int:
             sent_for = time.monotonic() - tally.started
             print(f"soak: all calls answered after {sent_for:.0f} s; waiting for the orders")
             statuses = await wait_final(http, order_ids, within=300)
-        calls = await load_marketplace_calls(str(stack.journal))
         report = await check(
             client,
             SimulatedWarehouse(stack.warehouse_db),
-            calls,
+            lambda: load_marketplace_calls(str(stack.journal)),
             query=f'TaskQueue="{stack.task_queue}"',
             require_final=True,
         )
@@ -232,7 +234,7 @@ async def soak(args: argparse.Namespace) -> int:
     print(f"  final statuses       {dict(Counter(statuses.values()).most_common())}")
     print(f"  calls by answer      {dict(sorted(tally.answers.items()))}")
     print(f"  duplicated calls     {tally.duplicates}")
-    print(f"  marketplace calls    {len(calls)}")
+    print(f"  marketplace calls    {report.marketplace_calls}")
     print("  faults injected")
     for fault in tally.faults:
         print(f"    {fault}")

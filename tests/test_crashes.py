@@ -112,9 +112,14 @@ async def check_invariants(stack: ProcessStack, client: Client, order_count: int
         if len(listed) >= order_count:
             break
         await asyncio.sleep(0.2)
-    calls = await load_marketplace_calls(str(stack.journal))
     warehouse = SimulatedWarehouse(stack.warehouse_db)
-    violations = await find_violations(client, warehouse, calls, query=query, require_final=True)
+    violations = await find_violations(
+        client,
+        warehouse,
+        lambda: load_marketplace_calls(str(stack.journal)),
+        query=query,
+        require_final=True,
+    )
     assert violations == [], "\n".join(map(str, violations)) + "\n" + stack.logs()
 
 

@@ -279,7 +279,11 @@ async def test_random_interleavings_keep_every_invariant(
             if level.total not in (0, STOCK) or level.reserved != 0:
                 problems[sku] = (None, None, [f"stock not conserved or still reserved: {level}"])
         query = f'TaskQueue="{stack.settings.task_queue}"'
-        calls = [call.to_json() for call in stack.marketplace.calls()]
+
+        async def calls() -> list[dict[str, Any]]:
+            # Read after the orders: an invoice an order says it sent has reached the marketplace.
+            return [call.to_json() for call in stack.marketplace.calls()]
+
         checker = await find_violations(
             stack.client, stack.warehouse, calls, query=query, require_final=True
         )
