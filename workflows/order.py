@@ -63,7 +63,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 # A warehouse step may take hours in a real warehouse; a dead worker is noticed by the missed
-# heartbeats instead, after HEARTBEAT_TIMEOUT, and the step is retried on another worker.
+# heartbeats instead, after HEARTBEAT_TIMEOUT, and the step is retried on another worker. Every
+# warehouse call heartbeats (reservation and compensations too): a placement must not wait out
+# WAREHOUSE_CALL_TIMEOUT because the worker holding its reservation died.
 STEP_TIMEOUT = timedelta(hours=24)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 WAREHOUSE_CALL_TIMEOUT = timedelta(minutes=5)
@@ -213,6 +215,7 @@ class OrderWorkflow:
                 FulfillmentActivities.reserve_stock,
                 self._warehouse_order,
                 start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=WAREHOUSE_RETRY,
                 summary=f"reserve stock for {self._order.order_id}",
             )
@@ -326,6 +329,7 @@ class OrderWorkflow:
                     FulfillmentActivities.issue_invoice,
                     self._warehouse_order,
                     start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=WAREHOUSE_RETRY,
                     summary=f"invoice {self._order.order_id} (already issued)",
                 )
@@ -351,6 +355,7 @@ class OrderWorkflow:
                     activity,
                     self._warehouse_order,
                     start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=WAREHOUSE_RETRY,
                     summary=f"compensate {self._order.order_id}",
                 )
