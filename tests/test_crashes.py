@@ -295,3 +295,40 @@ async def test_an_operator_cancel_while_the_steps_worker_is_dead_compensates(
         level = await SimulatedWarehouse(stack.warehouse_db).stock_level("123456789abc")
         assert (level.available, level.reserved, level.shipped) == (1000, 0, 0)
         await check_invariants(stack, client, 1)
+
+
+async def test_a_worker_killed_mid_reservation_the_placement_is_answered_soon(
+    tmp_path: Path,
+) -> None:
+    scripted = {"WAREHOUSE": "tests.scripted_warehouse:ScriptedWarehouse.from_settings"}
+    async with (
+        processes(tmp_path, workers=2, step_seconds=0.1, env=scripted) as stack,
+        httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http,
+    ):
+        client = await connect(stack)
+        order_id = new_order_id()
+        body = placement_example(order_id, stack.endpoint)
+        body["items"][0]["id"] = "slowreserve-crash"  # A reservation that takes 1.5 s.
+        placing = asyncio.create_task(post(http, "/pvt/orders", body))
+        handle = client.get_workflow_handle(ids.workflow_id(order_id))
+        identity = ""
+        while not identity:
+            try:
+                pending = (await handle.describe()).raw_description.pending_activities
+                identity = next((p.last_worker_identity for p in pending), "")
+            except Exception:  # Not started yet.
+                pass
+            await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+
+        next(w for w in stack.workers if identity.startswith(f"{w.pid}@")).kill9()
+
+        # The reservation heartbeats: the other worker runs it again after the 10 s heartbeat
+        # timeout, not after its 5-minute start-to-close timeout.
+        answer = await asyncio.wait_for(placing, 60)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert answer.status_code == 200, answer.text
+        assert elapsed < 60, f"the placement took {elapsed:.0f} s after the worker died"
+        assert (await dispatch(http, order_id)).status_code == 200
+        await all_final(http, [order_id])
+        await check_invariants(stack, client, 1)
