@@ -15,6 +15,7 @@ import temporalio.workflow
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
 
@@ -57,9 +58,16 @@ class Settings(BaseSettings):
     late_call_window: str = "1d"
 
     # Outbound calls to the marketplace (invoice, tracking)
+    # Hosts a placement's marketplaceServicesEndpoint may name; `*.example.com` matches its
+    # subdomains. Non-public addresses only when a host is listed exactly. See
+    # activities/marketplace_hosts.py.
+    marketplace_allowed_hosts: str = DEFAULT_MARKETPLACE_HOSTS
     marketplace_app_key: str = ""
     marketplace_app_token: str = ""
     marketplace_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
+    payload_encryption_key: str = Field(default="", repr=False)
 
     # Warehouse
     # "module:callable" returning a Warehouse; see activities/warehouse.py.

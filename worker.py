@@ -13,12 +13,12 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
+from codec import data_converter
 from config import Settings, configure_logging, get_settings
 from workflows.order import OrderWorkflow
 
@@ -31,11 +31,12 @@ log = logging.getLogger("worker")
 
 
 async def connect(settings: Settings) -> Client:
-    """The Temporal client, with the pydantic data converter the API uses too."""
+    """The Temporal client, with the data converter the API uses too (pydantic, and the payload
+    encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings.payload_encryption_key),
     )
 
 

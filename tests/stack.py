@@ -133,9 +133,11 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(
-    env: WorkflowEnvironment, data_dir: Path, **overrides: Any
+    env: WorkflowEnvironment, data_dir: Path, client: Client | None = None, **overrides: Any
 ) -> AsyncIterator[Stack]:
-    """A fake marketplace, a worker and the API on a task queue of their own."""
+    """A fake marketplace, a worker and the API on a task queue of their own, sharing `client`
+    (the environment's, unless given another, e.g. one that encrypts payloads)."""
+    client = client or env.client
     values: dict[str, Any] = {
         "task_queue": f"test-{uuid.uuid4()}",
         "data_dir": data_dir,
@@ -143,16 +145,18 @@ async def running_stack(
         "late_call_window": "0s",
         "default_stock": 1000,
         "temporal_ui_url": "http://127.0.0.1:8233",
+        # The fake marketplace listens on loopback: listed exactly, as make run does.
+        "marketplace_allowed_hosts": "127.0.0.1",
     }
     values.update(overrides)
     settings = Settings(**values)
     async with (
-        local_stack(env.client, settings) as local,
+        local_stack(client, settings) as local,
         httpx.AsyncClient(base_url=local.api_url, timeout=30) as http,
     ):
         yield Stack(
             settings=settings,
-            client=env.client,
+            client=client,
             http=http,
             marketplace_url=local.marketplace.url,
             marketplace=local.marketplace.state,

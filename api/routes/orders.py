@@ -11,11 +11,13 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from activities.marketplace_hosts import HostPolicy
 from api import order_calls
 from api.deps import ClientDep, SettingsDep, require_vtex_credentials
 from api.errors import ApiError, parse_json, validation_error
 from api.models import (
     ErrorBody,
+    ErrorDetail,
     OrderPlacement,
     RequestOrderId,
     ResponseOrderId,
@@ -122,6 +124,17 @@ async def order_placement(
             )
         payload = payload[0]
     placement = _validate(OrderPlacement, payload)
+    refused = HostPolicy.parse(settings.marketplace_allowed_hosts).refusal(
+        placement.marketplace_services_endpoint
+    )
+    if refused:
+        field = "marketplaceServicesEndpoint"
+        raise ApiError(
+            400,
+            "InvalidRequest",
+            f"{field}: {refused}",
+            [ErrorDetail(field=field, message=refused)],
+        )
     result = await order_calls.place_order(client, settings, placement, _now())
     log.info("order %s placed (seller %s)", result.marketplace_order_id, result.order_id)
     answer = _placement_answer(placement, result, settings)

@@ -1,0 +1,86 @@
+"""Which hosts a placement's `marketplaceServicesEndpoint` may name.
+
+The seller calls that URL back with its marketplace credentials, so the URL is an attacker's
+choice unless it is checked: a placement naming `http://169.254.169.254/...` or an internal host
+would make the seller POST there with its app key and token. A host must match
+MARKETPLACE_ALLOWED_HOSTS (host names; `*.example.com` matches any subdomain of example.com, not
+example.com itself). Loopback, private, link-local, metadata and other non-public addresses are
+refused unless the host is listed exactly (not through a `*.`), both as an address in the URL and
+as what the name resolves to when a call is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+# The domains VTEX serves marketplaces' services endpoints from: accounts' stores and OMS
+# (`{account}.vtexcommercestable.com.br`, `.vtexcommercebeta.com.br`), their admin and apps
+# (`{account}.myvtex.com`, as in the spec's example), and VTEX's internal OMS address
+# (`oms.vtexinternal.com.br`).
+DEFAULT_MARKETPLACE_HOSTS = (
+    "*.vtexcommercestable.com.br,*.vtexcommercebeta.com.br,*.myvtex.com,"
+    "*.vtexinternal.com.br,*.vtex.com.br,*.vtex.com"
+)
+
+
+def _is_public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """MARKETPLACE_ALLOWED_HOSTS, parsed."""
+
+    exact: frozenset[str]
+    suffixes: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> HostPolicy:
+        """`a.example.com, *.vtex.com` -> the policy."""
+        names = [name.strip().lower().rstrip(".") for name in text.split(",") if name.strip()]
+        return cls(
+            exact=frozenset(name for name in names if not name.startswith("*.")),
+            suffixes=tuple(name[1:] for name in names if name.startswith("*.")),
+        )
+
+    def describe(self) -> str:
+        """The list as configured, for messages."""
+        return ", ".join(sorted(self.exact) + [f"*{suffix}" for suffix in self.suffixes])
+
+    def refusal(self, url: str) -> str | None:
+        """Why `url` may not be called, from the URL alone; None if it may."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
+        if parts.scheme not in ("http", "https") or not host:
+            return "must be an http(s) URL"
+        if host in self.exact:
+            return None
+        if not host.endswith(self.suffixes):
+            return (
+                f"host {host} is not an allowed marketplace host ({self.describe()}); "
+                "set MARKETPLACE_ALLOWED_HOSTS to add it"
+            )
+        # A name under an allowed domain (an address cannot end with one): what it resolves to is
+        # checked when a call is sent.
+        return None
+
+    async def refusal_when_sending(self, url: str) -> str | None:
+        """`refusal`, plus what the host name resolves to now: only public addresses."""
+        refused = self.refusal(url)
+        host = (urlsplit(url).hostname or "").lower().rstrip(".")
+        if refused or host in self.exact:
+            return refused
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM
+            )
+        except OSError as err:
+            raise ConnectionError(f"cannot resolve {host}: {err}") from err
+        private = sorted({str(info[4][0]) for info in found if not _is_public(str(info[4][0]))})
+        if private:
+            return f"host {host} resolves to non-public addresses ({', '.join(private)})"
+        return None

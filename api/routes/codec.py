@@ -1,0 +1,59 @@
+"""The codec server: the Temporal UI sends payloads here to show them decrypted.
+
+`POST /codec/decode` and `/codec/encode` take and answer Temporal's `Payloads` as JSON, as the
+UI's "Codec Server" setting expects; `make run` starts the UI pointed at them. They answer only when
+PAYLOAD_ENCRYPTION_KEY is set, to the UI's origin (CORS), and behind the same credentials check as
+the order endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+
+from api.deps import SettingsDep, require_vtex_credentials
+from api.errors import ApiError
+from codec import EncryptionCodec
+
+router = APIRouter(
+    prefix="/codec", tags=["Operations"], dependencies=[Depends(require_vtex_credentials)]
+)
+
+
+async def _payloads(request: Request) -> Payloads:
+    try:
+        body: Any = await request.json()
+        return json_format.ParseDict(body, Payloads(), ignore_unknown_fields=True)
+    except (ValueError, json_format.ParseError) as err:
+        raise ApiError(400, "InvalidRequest", f"expected Temporal Payloads as JSON: {err}") from err
+
+
+def _codec(settings: SettingsDep) -> EncryptionCodec:
+    if not settings.payload_encryption_key:
+        raise ApiError(404, "NotFound", "payload encryption is off (PAYLOAD_ENCRYPTION_KEY)")
+    return EncryptionCodec.from_setting(settings.payload_encryption_key)
+
+
+@router.post("/decode", summary="Decrypt payloads for the Temporal UI")
+async def decode(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Payloads in, the same payloads decrypted out."""
+    codec = _codec(settings)
+    payloads = await _payloads(request)
+    try:
+        decoded = await codec.decode(payloads.payloads)
+    except ValueError as err:
+        raise ApiError(400, "InvalidRequest", str(err)) from err
+    return JSONResponse(json_format.MessageToDict(Payloads(payloads=decoded)))
+
+
+@router.post("/encode", summary="Encrypt payloads for the Temporal UI")
+async def encode(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Payloads in, the same payloads encrypted out (the UI's "send signal" and such)."""
+    codec = _codec(settings)
+    payloads = await _payloads(request)
+    encoded = await codec.encode(payloads.payloads)
+    return JSONResponse(json_format.MessageToDict(Payloads(payloads=encoded)))
