@@ -19,6 +19,9 @@ from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
 
+# Where `make run` keeps the payload encryption key it made on its first start.
+PAYLOAD_KEY_FILE = "payload-encryption.key"
+
 
 class Settings(BaseSettings):
     """Every knob of the service, each one an environment variable of the same name in capitals."""
@@ -96,6 +99,15 @@ class Settings(BaseSettings):
                 "or neither"
             )
         return self
+
+    @property
+    def encryption_key(self) -> str:
+        """PAYLOAD_ENCRYPTION_KEY, or the key `make run` keeps in $DATA_DIR, or "" (no
+        encryption): every process of one deployment must use the same."""
+        if self.payload_encryption_key:
+            return self.payload_encryption_key
+        key_file = self.data_dir / PAYLOAD_KEY_FILE
+        return key_file.read_text().strip() if key_file.exists() else ""
 
     @property
     def warehouse_db_path(self) -> Path:

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             app.state.client = await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
-                data_converter=data_converter(settings.payload_encryption_key),
+                data_converter=data_converter(settings.encryption_key),
                 lazy=True,
             )
         yield

@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.simulated_warehouse import SimulatedWarehouse
+from codec import data_converter
 from config import get_settings
 from workflows.lifecycle import is_final
 from workflows.messages import OrderStatus, OrderView
@@ -339,7 +339,7 @@ async def _main(args: argparse.Namespace) -> int:
         client = await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(settings.encryption_key),
         )
         source = args.marketplace_calls
         report = await check(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from codec import new_key_entry
-from config import configure_logging
+from config import PAYLOAD_KEY_FILE, configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def ensure_payload_encryption_key(env: dict[str, str], data_dir: Path) -> str:
     that customer data is encrypted in Temporal from the first order on. Says which."""
     if env.get("PAYLOAD_ENCRYPTION_KEY"):
         return "encrypted (PAYLOAD_ENCRYPTION_KEY); the UI decodes them through the API"
-    key_file = data_dir / "payload-encryption.key"
+    key_file = data_dir / PAYLOAD_KEY_FILE
     if not key_file.exists():
         key_file.touch(mode=0o600)
         key_file.write_text(new_key_entry() + "\n")

@@ -33,9 +33,9 @@ async def _payloads(request: Request) -> Payloads:
 
 
 def _codec(settings: SettingsDep) -> EncryptionCodec:
-    if not settings.payload_encryption_key:
+    if not settings.encryption_key:
         raise ApiError(404, "NotFound", "payload encryption is off (PAYLOAD_ENCRYPTION_KEY)")
-    return EncryptionCodec.from_setting(settings.payload_encryption_key)
+    return EncryptionCodec.from_setting(settings.encryption_key)
 
 
 @router.post("/decode", summary="Decrypt payloads for the Temporal UI")
