@@ -71,7 +71,8 @@ class PriceTag(VtexModel):
 class PlacementItem(VtexModel):
     """An item of `orderPlacement.items`."""
 
-    id: str = Field(min_length=1)
+    # A SKU id goes into the warehouse and back to the marketplace: printable, and short.
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     quantity: int = Field(ge=1, le=MAX_QUANTITY)
     seller: str | None = None
     commission: SafeInt | None = None

@@ -1,15 +1,20 @@
-"""The seller's credentials go only to the marketplace: the outbound allow-list, checked at
-placement and again, after DNS, when a call is sent."""
+"""The seller's credentials go only to the marketplace (the outbound allow-list, checked at
+placement and again, after DNS, when a call is sent), and its customers' data stays out of the
+logs."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
 from tests.stack import new_order_id, placement_example, running_stack
+from tests.test_codec import PERSONAL, personal_placement
+from tests.test_crashes import dispatch, post, processes, until
 
 
 @pytest.mark.parametrize(
@@ -93,3 +98,60 @@ def test_the_default_allows_vtex_hosts_only() -> None:
     assert policy.refusal("https://evilmyvtex.com/") is not None
     assert policy.refusal("http://127.0.0.1:8900/") is not None
     assert HostPolicy.parse("127.0.0.1").refusal("http://127.0.0.1:8900/") is None
+
+
+async def test_no_customer_data_in_the_api_or_worker_logs(tmp_path: Path) -> None:
+    async with (
+        processes(tmp_path, workers=1, step_seconds=0.1) as stack,
+        httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http,
+    ):
+        order_id = new_order_id()
+        body = personal_placement(order_id, stack.endpoint)
+        assert (await post(http, "/pvt/orders", body)).status_code == 200
+        assert (await dispatch(http, order_id)).status_code == 200
+        await until(http, order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
+        refused = await post(
+            http, f"/pvt/orders/{order_id}/cancel", {"marketplaceOrderId": order_id}
+        )
+        assert refused.status_code == 409
+
+    logs = stack.api.log_path.read_text() + stack.workers[0].log_path.read_text()
+    assert order_id in logs  # The logs do speak of the order...
+    leaked = [value for value in PERSONAL.values() if value in logs]
+    assert leaked == []  # ...and of none of its customer's data.
+
+
+@pytest.mark.parametrize("sku", ["x" * 101, "tab\there", "nul\x00", ""])
+async def test_odd_sku_ids_are_a_400(
+    temporal_env: WorkflowEnvironment, tmp_path: Path, sku: str
+) -> None:
+    async with running_stack(temporal_env, tmp_path) as stack:
+        body = placement_example(new_order_id(), stack.endpoint)
+        body["items"][0]["id"] = sku
+
+        response = await stack.http.post("/pvt/orders", json=body)
+
+        assert response.status_code == 400
+        assert response.json()["error"]["details"][0]["field"] == "items[0].id"
+
+
+async def test_a_streamed_body_over_1_mib_is_refused_before_it_is_read_whole(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(temporal_env, tmp_path) as stack:
+        sent = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for _ in range(64):  # 4 MiB, with no Content-Length (chunked)
+                sent += 1
+                yield b" " * 65536
+
+        try:
+            response = await stack.http.post(
+                "/pvt/orders", content=chunks(), headers={"Content-Type": "application/json"}
+            )
+        except httpx.TransportError:
+            return  # The server closed the connection on the rest of the body: refused too.
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "PayloadTooLarge"
