@@ -57,6 +57,9 @@ class HostPolicy:
         host = (parts.hostname or "").lower().rstrip(".")
         if parts.scheme not in ("http", "https") or not host:
             return "must be an http(s) URL"
+        # What parsers disagree on (whose host is `a@b`, or `a\@b`?) is refused, not guessed.
+        if "@" in parts.netloc or "\\" in url or any(ord(c) <= 32 or ord(c) == 127 for c in url):
+            return "must have no user info, backslash, space or control character"
         if host in self.exact:
             return None
         if not host.endswith(self.suffixes):

@@ -27,6 +27,9 @@ from tests.test_crashes import dispatch, post, processes, until
         "http://localhost/api",
         "file:///etc/passwd",
         "http://myvtex.com.attacker.example/api",
+        "http://store.myvtex.com@169.254.169.254/api",
+        "http://169.254.169.254\\@store.myvtex.com/api",
+        "http://[::1]/api",
     ],
 )
 async def test_a_placement_naming_a_host_not_allowed_is_a_400_and_starts_nothing(
