@@ -63,13 +63,20 @@ async def final(stack: Stack, order_id: str, within: float = 30.0) -> dict[str, 
     )
 
 
-async def test_1_a_step_that_finishes_despite_the_cancel_does_not_ship_the_order(
-    stack: Stack,
-) -> None:
+async def picking_stubbornly(stack: Stack) -> tuple[str, str]:
+    """An order dispatched and picking, whose pick finishes even when cancelled; its id and
+    SKU."""
     order_id, sku = new_order_id(), f"stubborn-{new_order_id()}"
     assert (await place(stack, order_id, sku)).status_code == 200
     assert (await stack.dispatch(order_id)).status_code == 200
     await scripted_warehouse.started["pick", f"SLR-{order_id}"].wait()
+    return order_id, sku
+
+
+async def test_1_a_step_that_finishes_despite_the_cancel_does_not_ship_the_order(
+    stack: Stack,
+) -> None:
+    order_id, sku = await picking_stubbornly(stack)
 
     response = await cancel_until_answered(stack, order_id)
 
@@ -87,10 +94,7 @@ async def test_1_a_step_that_finishes_despite_the_cancel_does_not_ship_the_order
 async def test_1_an_operator_cancel_during_a_step_that_finishes_anyway_is_not_lost(
     stack: Stack,
 ) -> None:
-    order_id, sku = new_order_id(), f"stubborn-{new_order_id()}"
-    assert (await place(stack, order_id, sku)).status_code == 200
-    assert (await stack.dispatch(order_id)).status_code == 200
-    await scripted_warehouse.started["pick", f"SLR-{order_id}"].wait()
+    order_id, sku = await picking_stubbornly(stack)
 
     await stack.handle(order_id).cancel()
 
