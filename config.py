@@ -6,12 +6,9 @@ between them. Tests build their own `Settings` instead of touching the environme
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 from pathlib import Path
 
-import temporalio.activity
-import temporalio.workflow
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -124,18 +121,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
-
-
-def configure_logging() -> None:
-    """Readable one-line logs with the time and the component, for every process."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-    )
-    # One line per HTTP call to the marketplace is noise next to the activity's own log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Our messages name the order; the SDK's appended dict of ids would double each line. The
-    # ids stay on every record as `temporal_workflow` / `temporal_activity` for log shippers.
-    temporalio.workflow.logger.workflow_info_on_message = False
-    temporalio.activity.logger.activity_info_on_message = False

@@ -19,7 +19,8 @@ from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
 from codec import data_converter
-from config import Settings, configure_logging, get_settings
+from config import Settings, get_settings
+from logs import configure_logging
 from workflows.order import OrderWorkflow
 
 # A cancellation reaches a running activity in the answer to its next heartbeat. The SDK holds

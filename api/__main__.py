@@ -10,7 +10,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from api.app import create_app
-from config import Settings, configure_logging, get_settings
+from config import Settings, get_settings
+from logs import configure_logging
 
 log = logging.getLogger("api")
 

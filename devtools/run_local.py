@@ -19,7 +19,8 @@ from pathlib import Path
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from codec import new_key_entry
-from config import PAYLOAD_KEY_FILE, configure_logging
+from config import PAYLOAD_KEY_FILE
+from logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,6 +24,7 @@ from api.models import (
     ResponseOrderPlacement,
 )
 from config import Settings
+from logs import order_fields
 from workflows.ids import is_valid_order_id
 from workflows.messages import OrderView, PlacementResult
 
@@ -136,7 +137,12 @@ async def order_placement(
             [ErrorDetail(field=field, message=refused)],
         )
     result = await order_calls.place_order(client, settings, placement, _now())
-    log.info("order %s placed (seller %s)", result.marketplace_order_id, result.order_id)
+    log.info(
+        "order %s placed (seller %s)",
+        result.marketplace_order_id,
+        result.order_id,
+        extra=order_fields(result.marketplace_order_id),
+    )
     answer = _placement_answer(placement, result, settings)
     return JSONResponse([answer] if as_list else answer)
 
@@ -179,7 +185,12 @@ async def authorize_fulfillment(
     receipt = await order_calls.dispatch_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
-    log.info("order %s dispatched (receipt %s)", receipt.order_id, receipt.receipt)
+    log.info(
+        "order %s dispatched (receipt %s)",
+        receipt.order_id,
+        receipt.receipt,
+        extra=order_fields(receipt.marketplace_order_id),
+    )
     return ResponseOrderId.model_validate(receipt.model_dump())
 
 
@@ -208,9 +219,18 @@ async def cancel_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
     if receipt is None:
-        log.info("order %s: cancellation still being evaluated", body.marketplace_order_id)
+        log.info(
+            "order %s: cancellation still being evaluated",
+            body.marketplace_order_id,
+            extra=order_fields(body.marketplace_order_id),
+        )
         return Response(status_code=200)
-    log.info("order %s canceled (receipt %s)", receipt.order_id, receipt.receipt)
+    log.info(
+        "order %s canceled (receipt %s)",
+        receipt.order_id,
+        receipt.receipt,
+        extra=order_fields(receipt.marketplace_order_id),
+    )
     return JSONResponse(ResponseOrderId.model_validate(receipt.model_dump()).model_dump())
 
 
