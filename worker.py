@@ -12,7 +12,13 @@ import signal
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.fulfillment import FulfillmentActivities
@@ -21,7 +27,13 @@ from activities.warehouse import load_warehouse
 from codec import data_converter
 from config import Settings, get_settings
 from logs import configure_logging
+from workflows import search
 from workflows.order import OrderWorkflow
+
+_INDEXED_TYPES = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+}
 
 # A cancellation reaches a running activity in the answer to its next heartbeat. The SDK holds
 # heartbeats back for 0.8 x the heartbeat timeout unless told otherwise; 200 ms makes a
@@ -41,6 +53,41 @@ async def connect(settings: Settings) -> Client:
     )
 
 
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Check that the order's search attributes are registered, and register what is missing.
+
+    An order upserting an attribute the namespace does not know would fail its workflow task on
+    every try; better a worker that says so at start.
+    """
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
+        )
+        known = set(listed.custom_attributes)
+    except RPCError as err:
+        if err.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping test server
+            raise
+        known = set()
+    missing = {
+        name: _INDEXED_TYPES[kind] for name, kind in search.REGISTERED.items() if name not in known
+    }
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.ALREADY_EXISTS:
+            return
+        raise RuntimeError(
+            f"search attributes {sorted(missing)} are not registered on namespace {namespace!r} "
+            f"and could not be ({err.message}); register them: "
+            + " ".join(f"--name {n} --type {search.REGISTERED[n]}" for n in sorted(missing))
+        ) from err
+    log.info("registered search attributes %s", sorted(missing))
+
+
 async def run_worker(
     settings: Settings,
     client: Client,
@@ -48,6 +95,7 @@ async def run_worker(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run a worker until `stop` is set; sets `ready` once it polls the task queue."""
+    await ensure_search_attributes(client, settings.temporal_namespace)
     async with AsyncExitStack() as stack:
         warehouse = load_warehouse(settings)
         stack.push_async_callback(warehouse.close)

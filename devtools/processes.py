@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from workflows import search
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
@@ -192,6 +194,7 @@ class ProcessStack:
                 "frontend.enableServerVersionCheck=false",
                 "--log-level",
                 "error",
+                *search.dev_server_flags(),
             ],
             self.env,
             self.workdir / "temporal.log",

@@ -21,6 +21,7 @@ from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from codec import new_key_entry
 from config import PAYLOAD_KEY_FILE
 from logs import configure_logging
+from workflows import search
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,7 @@ def dev_server_command(
         # Its own shutdown logs a screen of warnings about its internal pollers; errors suffice.
         "--log-level",
         "error",
+        *search.dev_server_flags(),
         *codec,
     ]
 

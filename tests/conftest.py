@@ -10,9 +10,15 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from workflows import search
+
 BIN_DIR = Path(sysconfig.get_path("scripts"))
 # Keep the dev server off the network: no version check, no UI (no news feed).
-DEV_SERVER_ARGS = ["--dynamic-config-value", "frontend.enableServerVersionCheck=false"]
+DEV_SERVER_ARGS = [
+    "--dynamic-config-value",
+    "frontend.enableServerVersionCheck=false",
+    *search.dev_server_flags(),
+]
 
 
 @pytest.fixture(scope="session")

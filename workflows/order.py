@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
     from activities.marketplace import CancellationNotice, InvoiceNotice, TrackingNotice
     from activities.warehouse import Invoice, ShippingLabel, WarehouseOrder
+    from workflows import search
     from workflows.lifecycle import (
         CANCEL_REFUSED_IN,
         CANCEL_STARTS_IN,
@@ -153,6 +154,7 @@ class OrderWorkflow:
         self._ended_at: dict[OrderStatus, datetime] = {}
         self._closes_at: datetime | None = None
         self._close_early = False
+        self._published: dict[str, object] = {}
 
     # ── The order's life ────────────────────────────────────────────────────────────────────
 
@@ -723,3 +725,32 @@ class OrderWorkflow:
         if is_final(self._status) and self._closes_at is not None:
             details.append(f"open for late calls until {self._closes_at:%Y-%m-%d %H:%M:%S} UTC")
         workflow.set_current_details(" · ".join(details))
+        self._publish()
+
+    def _publish(self) -> None:
+        """Upsert the search attributes that changed, so the Temporal UI's list shows where the
+        order is (workflows/search.py). Orders started before they existed get them from their
+        next change on: `patched` keeps their recorded histories replaying."""
+        if not workflow.patched("search-attributes"):
+            return
+        invoice = self._invoice_view
+        values: dict[str, object] = {
+            search.MARKETPLACE_ORDER_ID.name: self._order.marketplace_order_id,
+            search.SELLER_ORDER_ID.name: self._order.order_id,
+            search.ORDER_STATUS.name: str(self._status),
+            search.FULFILLMENT_STEP.name: str(self._current_step or ""),
+            search.INVOICE_NOT_DELIVERED.name: bool(invoice and invoice.send_error),
+        }
+        changed = {
+            name: value for name, value in values.items() if self._published.get(name) != value
+        }
+        if not changed:
+            return
+        keys = {key.name: key for key in search.ALL}
+        workflow.upsert_search_attributes(
+            [
+                keys[name].value_unset() if value == "" else keys[name].value_set(value)  # type: ignore[arg-type]
+                for name, value in changed.items()
+            ]
+        )
+        self._published.update(changed)

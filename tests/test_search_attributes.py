@@ -1,0 +1,98 @@
+"""Orders are findable by state in Temporal's list: every attribute of workflows/search.py, as
+`temporal workflow list --query` finds them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import BIN_DIR
+from tests.stack import Stack, new_order_id, placement_example, running_stack
+
+
+async def listed(env: WorkflowEnvironment, query: str) -> set[str]:
+    """The workflow ids `temporal workflow list --query` prints."""
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(BIN_DIR / "temporal"),
+            "workflow",
+            "list",
+            "--query",
+            query,
+            "--address",
+            env.client.service_client.config.target_host,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows: list[dict[str, Any]] = json.loads(shown.stdout or "[]")
+    return {row["execution"]["workflowId"] for row in rows}
+
+
+async def finds(env: WorkflowEnvironment, query: str, workflow_id: str) -> bool:
+    """Whether the query lists the workflow, allowing visibility its few hundred ms."""
+    for _ in range(50):
+        if workflow_id in await listed(env, query):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def place(stack: Stack, lock_ttl: str = "8d", sku: str = "sa-sku") -> str:
+    order_id = new_order_id()
+    body = placement_example(order_id, stack.endpoint)
+    body["items"][0]["id"] = sku
+    body["shippingData"]["logisticsInfo"][0]["lockTTL"] = lock_ttl
+    assert (await stack.http.post("/pvt/orders", json=body)).status_code == 200
+    return order_id
+
+
+async def test_orders_in_every_state_are_found_by_each_attribute(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(
+        temporal_env, tmp_path, fulfillment_step_seconds=1.5, late_call_window="1h"
+    ) as stack:
+        queue = f'TaskQueue="{stack.settings.task_queue}"'
+        packing, canceled, expired, placed = (
+            await place(stack),
+            await place(stack),
+            await place(stack, lock_ttl="1s"),
+            await place(stack),
+        )
+        await stack.dispatch(packing)
+        await stack.cancel(canceled)
+        await stack.wait_for(packing, lambda o: o["currentStep"] == "pack")
+        await stack.wait_for(expired, lambda o: o["status"] == "expired")
+
+        expectations = {
+            f'OrderStatus="fulfilling" AND FulfillmentStep="pack" AND {queue}': packing,
+            f'OrderStatus="canceled" AND {queue}': canceled,
+            f'OrderStatus="expired" AND {queue}': expired,
+            f'OrderStatus="placed" AND {queue}': placed,
+            f'MarketplaceOrderId="{placed}"': placed,
+            f'SellerOrderId="SLR-{canceled}"': canceled,
+        }
+        for query, order_id in expectations.items():
+            assert await finds(temporal_env, query, f"order-{order_id}"), query
+        # A query finds only what it says: the canceled order is not among the fulfilling ones.
+        fulfilling = await listed(temporal_env, f'OrderStatus="fulfilling" AND {queue}')
+        assert f"order-{canceled}" not in fulfilling
+
+        # An invoice the marketplace refuses for good is flagged.
+        stack.marketplace.fail_next("invoice", 1, status=400)
+        order = await stack.wait_for(packing, lambda o: o["status"] == "invoiced", within=30)
+        assert order["invoice"]["sendError"]
+        query = f"InvoiceNotDelivered=true AND {queue}"
+        assert await finds(temporal_env, query, f"order-{packing}"), query
+        assert await finds(temporal_env, f'OrderStatus="invoiced" AND {queue}', f"order-{packing}")
