@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     marketplace_app_token: str = ""
     marketplace_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Where a worker serves its Prometheus metrics (the SDK's, and the orders'): host:port, or
+    # empty for none. Each worker on a host needs its own port.
+    worker_metrics_address: str = ""
+
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)
 

@@ -18,6 +18,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -46,10 +47,19 @@ log = logging.getLogger("worker")
 async def connect(settings: Settings) -> Client:
     """The Temporal client, with the data converter the API uses too (pydantic, and the payload
     encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
+    runtime = None
+    if settings.worker_metrics_address:
+        # The SDK's own metrics and the orders' (workflow.metric_meter, activity.metric_meter).
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=settings.worker_metrics_address)
+            )
+        )
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings.encryption_key),
+        runtime=runtime,
     )
 
 

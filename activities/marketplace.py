@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
@@ -168,6 +169,17 @@ class MarketplaceClient:
         return await self._post(url, body)
 
     async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
+        try:
+            return await self._post_checked(url, body)
+        except (MarketplaceUnavailable, ApplicationError) as err:
+            if activity.in_activity():
+                kind = str(err.type) if isinstance(err, ApplicationError) else type(err).__name__
+                activity.metric_meter().create_counter(
+                    "seller_marketplace_call_failures", "Calls to the marketplace that failed"
+                ).add(1, {"kind": kind})
+            raise
+
+    async def _post_checked(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
         try:
             refused = await self._hosts.refusal_when_sending(url)
         except ConnectionError as err:

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
+from api.metrics import install_metrics
 from api.models import OrderPlacement, RequestOrderId
 from api.routes import codec, health, orders
 from codec import data_converter
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(orders.router)
     app.include_router(health.router)
     app.include_router(codec.router)
+    install_metrics(app)
     if settings.temporal_ui_url:
         # The Temporal UI calls the codec routes from the browser, from its own origin.
         app.add_middleware(

@@ -112,6 +112,8 @@ def main() -> None:
     temporal_port = int(env.get("TEMPORAL_PORT", "7233"))
     ui_port = int(env.get("TEMPORAL_UI_PORT", "8233"))
     marketplace_port = int(env.get("FAKE_MARKETPLACE_PORT", "8900"))
+    metrics_port = int(env.get("WORKER_METRICS_PORT", "9464"))
+    env.setdefault("WORKER_METRICS_ADDRESS", f"127.0.0.1:{metrics_port}")
     data_dir = Path(env.setdefault("DATA_DIR", str(ROOT / ".data"))).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env["DATA_DIR"] = str(data_dir)
@@ -130,6 +132,7 @@ def main() -> None:
             ("TEMPORAL_UI_PORT", ui_port),
             ("API_PORT", api_port),
             ("FAKE_MARKETPLACE_PORT", marketplace_port),
+            ("WORKER_METRICS_PORT", metrics_port),
         )
         if not port_is_free(port)
     ]
@@ -189,6 +192,8 @@ def main() -> None:
             f"  Temporal Web UI    http://127.0.0.1:{ui_port}\n"
             f"  Temporal gRPC      127.0.0.1:{temporal_port}\n"
             f"  Fake marketplace   http://127.0.0.1:{marketplace_port}   (calls: /calls)\n"
+            f"  Metrics            http://{api_host}:{api_port}/metrics (API), "
+            f"http://{env['WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
             f"  Data               {data_dir}\n"
             f"  Payloads           {key_note}\n"
             "  Ctrl-C stops everything.\n",

@@ -90,6 +90,15 @@ WAREHOUSE_RETRY = RetryPolicy(
 # with the error shown as the order's `attention`, until someone fixes the warehouse.
 COMPENSATION_RETRY_AFTER = timedelta(minutes=1)
 
+# The transitions counted in the `seller_orders` metric, by the name of their event.
+COUNTED_EVENTS = {
+    OrderStatus.PLACED: "placed",
+    OrderStatus.FULFILLING: "dispatched",
+    OrderStatus.CANCELED: "canceled",
+    OrderStatus.INVOICED: "invoiced",
+    OrderStatus.EXPIRED: "expired",
+}
+
 STEPS: tuple[tuple[FulfillmentStep, Callable[..., Any]], ...] = (
     (FulfillmentStep.PICK, FulfillmentActivities.pick_items),
     (FulfillmentStep.PACK, FulfillmentActivities.pack_items),
@@ -304,6 +313,11 @@ class OrderWorkflow:
             stopped = self._status != OrderStatus.FULFILLING
             record.status = "cancelled" if stopped else "failed"
             record.finished_at = workflow.now()
+            reached = self._cancellation.reached_order_at if self._cancellation else None
+            if stopped and reached is not None:
+                workflow.metric_meter().create_histogram_timedelta(
+                    "seller_cancel_to_abort", "From a cancellation to its step stopped", unit="ms"
+                ).record(record.finished_at - reached)
             workflow.logger.info(
                 "order %s: %s %s (%s)", self._order.order_id, step, record.status, failure_text(err)
             )
@@ -700,6 +714,11 @@ class OrderWorkflow:
                 f"order {self._order.order_id}: {self._status} -> {status} is not allowed"
             )
         self._status = status
+        if status in COUNTED_EVENTS:
+            # Replay-safe: the SDK drops metrics while a history replays.
+            workflow.metric_meter().create_counter(
+                "seller_orders", "Orders by what happened to them"
+            ).add(1, {"event": COUNTED_EVENTS[status]})
         if reason is not None or status == OrderStatus.INVOICED:
             self._status_reason = reason
         if is_final(status):
