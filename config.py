@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # Where a worker serves its Prometheus metrics (the SDK's, and the orders'): host:port, or
     # empty for none. Each worker on a host needs its own port.
     worker_metrics_address: str = ""
+    # How long a worker told to stop (SIGTERM) lets its running steps finish.
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)

@@ -119,6 +119,9 @@ async def run_worker(
             activities=activities.all(),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            # On SIGTERM the worker stops polling and lets the steps it runs finish within the
+            # grace period; what is still running then is cancelled and retried elsewhere.
+            graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         )
         async with worker:
             log.info(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -331,4 +332,35 @@ async def test_a_worker_killed_mid_reservation_the_placement_is_answered_soon(
         assert elapsed < 60, f"the placement took {elapsed:.0f} s after the worker died"
         assert (await dispatch(http, order_id)).status_code == 200
         await all_final(http, [order_id])
+        await check_invariants(stack, client, 1)
+
+
+async def test_a_worker_stopped_with_sigterm_lets_its_step_finish(tmp_path: Path) -> None:
+    async with (
+        processes(
+            tmp_path, workers=2, step_seconds=2, env={"WORKER_SHUTDOWN_GRACE_SECONDS": "20"}
+        ) as stack,
+        httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http,
+    ):
+        client = await connect(stack)
+        order_id = new_order_id()
+        assert (await place(http, stack, order_id)).status_code == 200
+        assert (await dispatch(http, order_id)).status_code == 200
+        identity = await worker_running_a_step(client, order_id)
+        stopping = next(w for w in stack.workers if identity.startswith(f"{w.pid}@"))
+
+        await asyncio.to_thread(stopping.terminate, 30)  # SIGTERM, as an orchestrator does
+
+        assert stopping.popen is not None and stopping.popen.returncode == 0
+        await all_final(http, [order_id])
+        assert (await order(http, order_id))["status"] == "invoiced"
+        # The step it ran finished there, on its first attempt: nothing ran twice. (An attempt
+        # that failed and was retried shows only as the next one's attempt number.)
+        handle = client.get_workflow_handle(ids.workflow_id(order_id))
+        attempts = [
+            event.activity_task_started_event_attributes.attempt
+            async for event in handle.fetch_history_events()
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        ]
+        assert attempts and set(attempts) == {1}, attempts
         await check_invariants(stack, client, 1)
