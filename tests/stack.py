@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sysconfig
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -189,3 +191,19 @@ async def activity_events(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, s
             scheduled_id = getattr(event, field).scheduled_event_id
             outcomes.append((scheduled[scheduled_id], ending))
     return outcomes
+
+
+async def temporal_cli_json(env: WorkflowEnvironment, *args: str) -> Any:
+    """What `temporal <args> --output json` prints against the environment's server, parsed: the
+    CLI as ops run it, with no codec."""
+    temporal = str(Path(sysconfig.get_path("scripts")) / "temporal")
+    address = env.client.service_client.config.target_host
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [temporal, *args, "--address", address, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(shown.stdout or "null")

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from codec import EncryptionCodec, data_converter, new_key_entry
-from tests.conftest import BIN_DIR
-from tests.stack import new_order_id, placement_example, running_stack
+from tests.stack import new_order_id, placement_example, running_stack, temporal_cli_json
 
 KEY_1, KEY_2 = new_key_entry("k1"), new_key_entry("k2")
 # Recognizable personal data, none of which may reach Temporal in clear.
@@ -56,25 +53,7 @@ def personal_placement(order_id: str, endpoint: str) -> dict[str, Any]:
 async def raw_history_text(env: WorkflowEnvironment, workflow_id: str) -> str:
     """Every payload of the workflow's history, as the `temporal` CLI shows it without a codec,
     its data decoded from base64: what someone reading Temporal's store would see."""
-    address = env.client.service_client.config.target_host
-    shown = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(BIN_DIR / "temporal"),
-            "workflow",
-            "show",
-            "--workflow-id",
-            workflow_id,
-            "--address",
-            address,
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    history = await temporal_cli_json(env, "workflow", "show", "--workflow-id", workflow_id)
     found: list[str] = []
 
     def walk(node: Any) -> None:
@@ -88,8 +67,8 @@ async def raw_history_text(env: WorkflowEnvironment, workflow_id: str) -> str:
             for value in node:
                 walk(value)
 
-    walk(json.loads(shown.stdout))
-    return shown.stdout + "\n".join(found)
+    walk(history)
+    return json.dumps(history) + "\n".join(found)
 
 
 async def run_order(env: WorkflowEnvironment, tmp_path: Path, key: str) -> tuple[str, str]:

@@ -4,38 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import BIN_DIR
-from tests.stack import Stack, new_order_id, placement_example, running_stack
+from tests.stack import Stack, new_order_id, placement_example, running_stack, temporal_cli_json
 
 
 async def listed(env: WorkflowEnvironment, query: str) -> set[str]:
     """The workflow ids `temporal workflow list --query` prints."""
-    shown = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(BIN_DIR / "temporal"),
-            "workflow",
-            "list",
-            "--query",
-            query,
-            "--address",
-            env.client.service_client.config.target_host,
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    rows: list[dict[str, Any]] = (
+        await temporal_cli_json(env, "workflow", "list", "--query", query) or []
     )
-    rows: list[dict[str, Any]] = json.loads(shown.stdout or "[]")
     return {row["execution"]["workflowId"] for row in rows}
 
 
