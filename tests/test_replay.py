@@ -87,6 +87,16 @@ async def _operator_canceled_mid_step(stack: Stack) -> str:
     return order_id
 
 
+async def _invoice_refused_for_good(stack: Stack) -> str:
+    # Recorded with the search attributes (the `search-attributes` patch marker and upserts).
+    order_id = new_order_id()
+    stack.marketplace.fail_next("invoice", 1, status=400)
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["sendError"])
+    return order_id
+
+
 async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     histories: dict[str, WorkflowHistory] = {}
     async with running_stack(
@@ -103,6 +113,7 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "expired_then_canceled": _expired_then_canceled,
             "step_failed_for_good": _step_failed_for_good,
             "operator_canceled_mid_step": _operator_canceled_mid_step,
+            "invoice_refused_for_good": _invoice_refused_for_good,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)
