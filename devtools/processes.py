@@ -6,7 +6,10 @@ Used by the crash tests (tests/test_crashes.py) and `make soak` (devtools/soak.p
 
     with ProcessStack(workdir, workers=2, step_seconds=0.5) as stack:
         stack.workers[0].kill9()
-        stack.workers[0].start()
+        stack.workers[0].restart()
+
+Each process runs in its own session (process group), logs to `<workdir>/<name>.log`, and is
+stopped when the block exits, whatever happened inside it.
 """
 
 from __future__ import annotations
@@ -18,22 +21,30 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from config import Settings
 from workflows import search
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports nothing listens on right now (all held open until chosen, so
+    the OS cannot hand out the same one twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((HOST, 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def listening(port: int) -> bool:
@@ -41,6 +52,33 @@ def listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((HOST, port)) == 0
+
+
+def healthy(url: str) -> bool:
+    """Whether GET `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of that process group still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # The group id is someone else's now.
+        return False
+    return True
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any of the service's settings, so that nothing set in
+    the caller's shell (a task queue, an encryption key, a metrics port) leaks into the stack."""
+    names = {name.upper() for name in Settings.model_fields}
+    return {key: value for key, value in os.environ.items() if key.upper() not in names}
 
 
 @dataclass
@@ -52,10 +90,14 @@ class Process:
     env: dict[str, str]
     log_path: Path
     port: int | None = None
+    # Answers 200 once the process is ready (e.g. the API's /healthz, which reaches Temporal).
+    health_url: str | None = None
     # A line its log prints once it is ready (a worker has no port to wait on).
     ready_text: str | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
+    # The process group of every start (its pid: each start is a session leader).
+    groups: list[int] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
@@ -68,65 +110,78 @@ class Process:
         return self.popen is not None and self.popen.poll() is None
 
     def start(self, wait_seconds: float = 60) -> None:
-        """Start it (it must not be running) and wait until it listens on its port, if any."""
+        """Start it (it must not be running) and wait until it is ready."""
+        self.spawn()
+        self.wait_ready(wait_seconds)
+
+    def spawn(self) -> None:
+        """Start it without waiting (it must not be running)."""
         assert not self.alive, f"{self.name} is running already"
-        log = self.log_path.open("ab")
-        log.write(f"\n--- start {self.starts + 1} of {self.name}\n".encode())
-        log.flush()
-        # Its own process group, so that kill9 reaches whatever it starts too.
-        self.popen = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            log.write(f"\n--- start {self.starts + 1} of {self.name}\n".encode())
+            log.flush()
+            # Its own session and process group, so that kill9 reaches whatever it starts too,
+            # and a Ctrl-C in the caller's terminal does not reach it behind our back.
+            self.popen = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
-        if self.port is not None:
-            self.wait_listening(wait_seconds)
-        if self.ready_text is not None:
-            self.wait_ready(wait_seconds)
+        self.groups.append(self.popen.pid)
 
-    def wait_ready(self, wait_seconds: float) -> None:
-        """Block until this start's log says `ready_text`."""
+    def wait_ready(self, wait_seconds: float = 60) -> None:
+        """Block until it listens on its port, answers its health URL and has logged its ready
+        line (whichever it has); fail with its log's tail if it died or took too long."""
+        deadline = time.monotonic() + wait_seconds
+        checks = [
+            (self.port is not None, lambda: listening(self.port or 0), "listen"),
+            (self.health_url is not None, lambda: healthy(self.health_url or ""), "answer 200"),
+            (self.ready_text is not None, self._logged_ready, "log that it is ready"),
+        ]
+        for wanted, check, what in checks:
+            while wanted and not check():
+                if not self.alive:
+                    raise RuntimeError(f"{self.name} exited while starting:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not {what}:\n{self.log_tail()}")
+                time.sleep(0.1)
+
+    def _logged_ready(self) -> bool:
         assert self.ready_text is not None
-        deadline = time.monotonic() + wait_seconds
-        while self.log_path.read_text(errors="replace").count(self.ready_text) < self.starts:
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited while starting:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} never became ready:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def wait_listening(self, wait_seconds: float) -> None:
-        """Block until the port accepts connections; fail with the log's tail if it died."""
-        assert self.port is not None
-        deadline = time.monotonic() + wait_seconds
-        while not listening(self.port):
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited while starting:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not listen on {self.port}:\n{self.log_tail()}")
-            time.sleep(0.1)
+        return self.log_path.read_text(errors="replace").count(self.ready_text) >= self.starts
 
     def kill9(self) -> None:
         """SIGKILL the process group: no cleanup, no goodbye, as a crash."""
         if self.popen is None or not self.alive:
             return
-        os.killpg(self.popen.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.popen.wait(timeout=10)
 
     def terminate(self, timeout: float = 15) -> None:
-        """SIGTERM, then SIGKILL after `timeout`."""
+        """SIGTERM the process group, then SIGKILL after `timeout`."""
         if self.popen is None or not self.alive:
             return
-        os.killpg(self.popen.pid, signal.SIGTERM)
         try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
             self.popen.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
             self.kill9()
+
+    def restart(self, wait_seconds: float = 60) -> None:
+        """Start it again with the same command, ports and files (stopped with SIGTERM first if
+        it still runs; after a `kill9`, just started)."""
+        self.terminate()
+        self.start(wait_seconds)
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of its log."""
@@ -138,8 +193,8 @@ class Process:
 class ProcessStack:
     """The dev server, `workers` workers, the API and a fake marketplace, each its own process.
 
-    Every worker has its own DATA_DIR; they share the warehouse's SQLite file (WAREHOUSE_DB) and
-    Temporal, nothing else.
+    Every process has its own DATA_DIR; the workers share the warehouse's SQLite file
+    (WAREHOUSE_DB), so the stock is one, and Temporal, nothing else.
     """
 
     def __init__(
@@ -151,27 +206,22 @@ class ProcessStack:
         late_call_window: str = "0s",
         env: dict[str, str] | None = None,
     ) -> None:
-        """Lay the stack out in `workdir` (logs, databases, the marketplace's journal)."""
+        """Lay the stack out in `workdir` (logs, databases, the marketplace's journal); `env`
+        adds or overrides settings of every process (e.g. UPDATE_TIMEOUT_SECONDS)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.temporal_port, self.api_port, self.marketplace_port = (
-            free_port(),
-            free_port(),
-            free_port(),
-        )
+        self.temporal_port, self.api_port, self.marketplace_port = free_ports(3)
         self.task_queue = f"orders-{self.temporal_port}"
         self.warehouse_db = self.workdir / "warehouse.db"
         self.journal = self.workdir / "marketplace-calls.jsonl"
-        base = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SELLER_", "API_", "TEMPORAL"))
-        }
-        self.env = base | {
-            "TEMPORAL_ADDRESS": f"{HOST}:{self.temporal_port}",
+        self.env = clean_environment() | {
+            "TEMPORAL_ADDRESS": self.temporal_address,
             "TASK_QUEUE": self.task_queue,
             "WAREHOUSE_DB": str(self.warehouse_db),
             "FULFILLMENT_STEP_SECONDS": str(step_seconds),
             "LATE_CALL_WINDOW": late_call_window,
             "MARKETPLACE_ALLOWED_HOSTS": HOST,
+            "API_HOST": HOST,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
@@ -216,6 +266,7 @@ class ProcessStack:
             self.env | {"API_PORT": str(self.api_port), "DATA_DIR": str(self.workdir / "api")},
             self.workdir / "api.log",
             port=self.api_port,
+            health_url=f"{self.api_url}/healthz",
         )
         self.marketplace = Process(
             "marketplace",
@@ -223,6 +274,8 @@ class ProcessStack:
                 python,
                 "-m",
                 "devtools.fake_marketplace",
+                "--host",
+                HOST,
                 "--port",
                 str(self.marketplace_port),
                 "--journal",
@@ -231,6 +284,7 @@ class ProcessStack:
             self.env,
             self.workdir / "marketplace.log",
             port=self.marketplace_port,
+            health_url=f"{self.marketplace_url}/healthz",
         )
 
     @property
@@ -258,15 +312,38 @@ class ProcessStack:
         """Every piece, in start order."""
         return [self.temporal, self.marketplace, *self.workers, self.api]
 
-    def start(self) -> None:
-        """Start every piece, the dev server first."""
-        for process in self.processes:
-            process.start()
+    def start(self, wait_seconds: float = 90) -> None:
+        """Start the dev server, then every other piece at once (their start-ups overlap), and
+        wait until each is ready."""
+        self.temporal.start(wait_seconds)
+        rest = self.processes[1:]
+        for process in rest:
+            process.spawn()
+        for process in rest:
+            process.wait_ready(wait_seconds)
 
     def stop(self) -> None:
-        """Stop every piece, newest first; kill what does not stop."""
+        """Stop every piece, newest first; kill what does not stop. Never raises before all
+        were tried."""
+        problems = []
         for process in reversed(self.processes):
-            process.terminate()
+            try:
+                process.terminate()
+            except Exception as err:  # The others must still be stopped.
+                problems.append(f"{process.name}: {err!r}")
+                process.kill9()
+        if problems:
+            raise RuntimeError(f"stopping the stack: {'; '.join(problems)}")
+
+    def leftovers(self) -> list[str]:
+        """The process groups this stack ever started that still have a process (after `stop`,
+        none should: a process there would be an orphan)."""
+        return [
+            f"{process.name} (group {group})"
+            for process in self.processes
+            for group in process.groups
+            if group_alive(group)
+        ]
 
     def logs(self) -> str:
         """The tail of every log, for a failing test's message."""

@@ -1,16 +1,21 @@
 """`make soak`: a bounded load on the real-process stack, with faults, ending in the invariant
 checker.
 
-By default 2,000 orders over 5 minutes, started at a fixed rate (open loop). Each order is placed
-(a fifth of the placements sent twice at once), then, at random: dispatched (a third of those
-twice), cancelled by the marketplace at a random moment (before dispatch or mid-step), cancelled
-by an operator in Temporal, or left to expire on a short lockTTL. Faults: a worker killed with
-`kill -9` in the middle and started again 5 s later; the marketplace killed and kept down for
-30 s. At the end every order must be final, and `devtools.invariants` must find nothing.
+By default 2,000 orders over 5 minutes, started at a fixed rate (open loop) on 2 workers with
+0.5 s steps. Each order is placed, then, at random: dispatched, cancelled by the marketplace at a
+random moment (before the dispatch, or after it, mid-step or too late), cancelled by an operator
+in Temporal (before or after the dispatch), or left to expire on a 20 s lockTTL. A fraction of
+every call is sent twice: both at once, or again once the first was answered, as a retry; the
+answers must be the same. Faults: a worker killed with `kill -9` at 40 % of the time and started
+again 5 s later; the marketplace killed at 60 % and kept down for 30 s. At the end every order
+must be final, and `python -m devtools.invariants --require-final` (over the marketplace's
+journal) must find nothing; the exit code is 1 otherwise.
 
     python -m devtools.soak [--orders 2000] [--minutes 5] [--workers 2] [--seed N]
 
-Traffic goes to 127.0.0.1 only; every process is stopped at the end, whatever happens.
+Traffic goes to 127.0.0.1 only. It stops by itself: calls give up at a deadline, the wait for the
+orders is bounded, and every process is stopped at the end, whatever happens (Ctrl-C and SIGTERM
+included).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,21 +38,31 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from activities.simulated_warehouse import SimulatedWarehouse
-from devtools.invariants import check, load_marketplace_calls
 from devtools.processes import ProcessStack
 from workflows import ids
 
 FINAL = ("invoiced", "canceled", "expired")
 SKUS = ("soak-a", "soak-b", "soak-c")
+# How each order ends its life, and how often (percent).
+FATES = {"dispatch": 60, "cancel": 25, "operator": 5, "expire": 10}
+# Of each call: sent twice at once, or sent again after its answer (a retry).
+CONCURRENT_COPY = 0.15
+RETRY_COPY = 0.10
+# What the invariant checker's exit codes mean.
+CHECKER_EXIT = {0: "no violation", 2: "could not check", 3: "violations"}
 
 
 @dataclass
 class Tally:
     """What the soak did and saw."""
 
+    deadline: float
     answers: Counter[str] = field(default_factory=Counter)
+    fates: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
     duplicates: int = 0
+    differing: list[str] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -53,7 +70,7 @@ class Tally:
         """Record a fault with the second it happened at."""
         line = f"{time.monotonic() - self.started:6.1f}s {what}"
         self.faults.append(line)
-        print(f"fault: {line}", flush=True)
+        print(f"soak: fault at {line}", flush=True)
 
 
 def placement(order_id: str, endpoint: str, rng: random.Random, lock_ttl: str) -> dict[str, Any]:
@@ -80,9 +97,14 @@ def placement(order_id: str, endpoint: str, rng: random.Random, lock_ttl: str) -
     }
 
 
-async def post(http: httpx.AsyncClient, tally: Tally, kind: str, path: str, body: Any) -> int:
-    """POST as the marketplace: retried on 503 or a connection error, like VTEX would."""
-    for _ in range(300):
+async def post_once(
+    http: httpx.AsyncClient, tally: Tally, kind: str, path: str, body: Any
+) -> tuple[int, Any]:
+    """POST as the marketplace: again on a 503, a connection error or a cancellation still being
+    evaluated (200 with no body), as VTEX does, until answered or the soak's deadline. The final
+    status (0 when it gave up) and JSON body."""
+    while time.monotonic() < tally.deadline:
+        tally.sent += 1
         try:
             response = await http.post(path, json=body)
         except httpx.TransportError:
@@ -92,14 +114,48 @@ async def post(http: httpx.AsyncClient, tally: Tally, kind: str, path: str, body
         status = response.status_code
         empty = status == 200 and not response.content
         tally.answers[f"{kind} {status}{' empty' if empty else ''}"] += 1
-        if status == 503:
+        if status == 503 or empty:
             await asyncio.sleep(1)
             continue
-        if empty:  # A cancellation being evaluated: call again, as VTEX does.
-            await asyncio.sleep(1)
-            continue
-        return status
-    return 0
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = response.text
+        return status, answer
+    tally.gave_up.append(f"{kind} {path}")
+    return 0, None
+
+
+async def post(
+    http: httpx.AsyncClient,
+    rng: random.Random,
+    tally: Tally,
+    kind: str,
+    path: str,
+    body: Any,
+) -> int:
+    """POST once, or (a fraction of the time) twice: at once, or again after the answer. The
+    answers of a placement or a dispatch sent twice must be equal."""
+    draw = rng.random()
+    if draw < CONCURRENT_COPY:
+        tally.duplicates += 1
+        answers = list(
+            await asyncio.gather(
+                post_once(http, tally, kind, path, body), post_once(http, tally, kind, path, body)
+            )
+        )
+    elif draw < CONCURRENT_COPY + RETRY_COPY:
+        tally.duplicates += 1
+        answers = [await post_once(http, tally, kind, path, body)]
+        answers.append(await post_once(http, tally, kind, path, body))
+    else:
+        answers = [await post_once(http, tally, kind, path, body)]
+    (status, first), *others = answers
+    if kind in ("place", "dispatch") and status == 200:
+        for other_status, other in others:
+            if (other_status, other) != (status, first):
+                tally.differing.append(f"{kind} {path}: {first} then {other_status} {other}")
+    return status
 
 
 async def one_order(
@@ -111,52 +167,51 @@ async def one_order(
     order_id: str,
 ) -> None:
     """One order's life as the marketplace (and sometimes an operator) leads it."""
-    fate = rng.choices(["dispatch", "cancel", "operator", "expire"], [60, 25, 5, 10])[0]
+    fate = rng.choices(list(FATES), list(FATES.values()))[0]
+    after_dispatch = fate == "dispatch" or (fate in ("cancel", "operator") and rng.random() < 0.8)
+    tally.fates[f"{fate} after dispatch" if fate != "dispatch" and after_dispatch else fate] += 1
     body = placement(order_id, stack.endpoint, rng, "20s" if fate == "expire" else "8d")
     seller = f"/pvt/orders/{ids.seller_order_id(order_id)}"
     reference = {"marketplaceOrderId": order_id}
-    copies = 2 if rng.random() < 0.2 else 1
-    tally.duplicates += copies - 1
-    answers = await asyncio.gather(
-        *[post(http, tally, "place", "/pvt/orders", body) for _ in range(copies)]
-    )
-    if answers[0] != 200:
+    if await post(http, rng, tally, "place", "/pvt/orders", body) != 200:
         return
-    # Most cancellations come after the dispatch, mid-step; some before it.
-    if fate == "dispatch" or (fate == "cancel" and rng.random() < 0.8):
+    if after_dispatch:
         await asyncio.sleep(rng.uniform(0, 2))
-        copies = 2 if rng.random() < 0.33 else 1
-        tally.duplicates += copies - 1
-        await asyncio.gather(
-            *[post(http, tally, "dispatch", f"{seller}/fulfill", reference) for _ in range(copies)]
-        )
+        await post(http, rng, tally, "dispatch", f"{seller}/fulfill", reference)
+    # Four 0.5 s steps: a cancellation up to 2.5 s after the dispatch lands mid-step, or late.
     if fate == "cancel":
         await asyncio.sleep(rng.uniform(0, 2.5))
-        await post(http, tally, "cancel", f"{seller}/cancel", reference)
+        await post(http, rng, tally, "cancel", f"{seller}/cancel", reference)
     elif fate == "operator":
-        await asyncio.sleep(rng.uniform(0, 3))
+        await asyncio.sleep(rng.uniform(0, 2.5))
+        tally.sent += 1
         try:
             await client.get_workflow_handle(ids.workflow_id(order_id)).cancel()
             tally.answers["operator cancel"] += 1
-        except RPCError:
-            tally.answers["operator cancel of a closed order"] += 1
+        except RPCError as err:
+            tally.answers[f"operator cancel {err.status.name}"] += 1
 
 
 async def faults(stack: ProcessStack, tally: Tally, seconds: float) -> None:
-    """A worker killed mid-run and started again; the marketplace down for 30 s."""
-    await asyncio.sleep(seconds * 0.4)
+    """A worker killed with `kill -9` at 40 % and started again 5 s later; the marketplace killed
+    at 60 % and started again 30 s later."""
+
+    async def at(fraction: float) -> None:
+        await asyncio.sleep(max(0.0, tally.started + seconds * fraction - time.monotonic()))
+
+    await at(0.4)
     victim = stack.workers[0]
     tally.note_fault(f"kill -9 {victim.name} (pid {victim.pid})")
     victim.kill9()
     await asyncio.sleep(5)
-    await asyncio.to_thread(victim.start)
+    await asyncio.to_thread(victim.restart)
     tally.note_fault(f"{victim.name} started again (pid {victim.pid})")
-    await asyncio.sleep(max(seconds * 0.6 - 5 - seconds * 0.4, 1))
-    tally.note_fault("kill -9 the marketplace, down for 30 s")
+    await at(0.6)
+    tally.note_fault(f"kill -9 the marketplace (pid {stack.marketplace.pid}), down for 30 s")
     stack.marketplace.kill9()
     await asyncio.sleep(30)
-    await asyncio.to_thread(stack.marketplace.start)
-    tally.note_fault("the marketplace started again")
+    await asyncio.to_thread(stack.marketplace.restart)
+    tally.note_fault(f"the marketplace started again (pid {stack.marketplace.pid})")
 
 
 async def wait_final(
@@ -167,83 +222,119 @@ async def wait_final(
     statuses: dict[str, str] = {}
     deadline = time.monotonic() + within
     pending = list(order_ids)
-    while pending and time.monotonic() < deadline:
+    while pending:
         still = []
         for order_id in pending:
             try:
                 response = await http.get(f"/pvt/orders/{ids.seller_order_id(order_id)}")
                 order = response.json()
-                status = order.get("status", "?")
+                status = str(order.get("status", f"HTTP {response.status_code}"))
                 settled = status in FINAL and not order.get("pendingCalls")
             except (httpx.TransportError, ValueError):
-                status, settled = "?", False
+                status, settled = "no answer", False
             statuses[order_id] = status
             if not settled:
                 still.append(order_id)
         pending = still
-        if pending:
-            await asyncio.sleep(2)
+        if not pending or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(2)
     return statuses
+
+
+def invariant_checker(stack: ProcessStack) -> tuple[int, str]:
+    """`python -m devtools.invariants --require-final` over this stack's orders, with the
+    marketplace's journal: its exit code and what it printed."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devtools.invariants",
+            "--query",
+            f'TaskQueue="{stack.task_queue}"',
+            "--marketplace-calls",
+            str(stack.journal),
+            "--require-final",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, (done.stdout + done.stderr).strip()
 
 
 async def soak(args: argparse.Namespace) -> int:
     """Run the soak; 0 when every order ended and no invariant broke."""
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    rng = random.Random(seed)
     seconds = args.minutes * 60
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="soak-"))
     print(f"soak: {args.orders} orders over {seconds:.0f} s, {args.workers} workers, seed {seed}")
     print(f"soak: processes' logs and databases in {workdir}", flush=True)
     stack = ProcessStack(workdir, workers=args.workers, step_seconds=args.step_seconds)
     await asyncio.to_thread(stack.__enter__)
-    tally = Tally()
+    # Calls give up this long after the last order is started.
+    tally = Tally(deadline=time.monotonic() + seconds + args.grace_seconds)
+    order_ids = [f"SOAK{seed}-{n:05d}" for n in range(args.orders)]
     try:
         client = await Client.connect(
             stack.temporal_address, data_converter=pydantic_data_converter
         )
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
-            order_ids = [f"SOAK{seed}-{n:05d}" for n in range(args.orders)]
             chaos = asyncio.create_task(faults(stack, tally, seconds))
             lives = []
             for n, order_id in enumerate(order_ids):
-                delay = tally.started + n * seconds / args.orders - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await asyncio.sleep(max(0.0, tally.started + n * seconds / args.orders - now()))
+                # Each order draws from its own generator: the same seed plans the same lives,
+                # however the calls interleave.
+                rng = random.Random(f"{seed}:{order_id}")
                 lives.append(
                     asyncio.create_task(one_order(http, client, stack, rng, tally, order_id))
                 )
             await asyncio.gather(*lives)
             await chaos
-            sent_for = time.monotonic() - tally.started
-            print(f"soak: all calls answered after {sent_for:.0f} s; waiting for the orders")
-            statuses = await wait_final(http, order_ids, within=300)
-        report = await check(
-            client,
-            SimulatedWarehouse(stack.warehouse_db),
-            lambda: load_marketplace_calls(str(stack.journal)),
-            query=f'TaskQueue="{stack.task_queue}"',
-            require_final=True,
-        )
+            answered = now() - tally.started
+            print(f"soak: every call answered at {answered:.0f} s; waiting for the orders to end")
+            statuses = await wait_final(http, order_ids, within=args.grace_seconds)
+        print("soak: running the invariant checker", flush=True)
+        checker_exit, checker_output = await asyncio.to_thread(invariant_checker, stack)
     finally:
         await asyncio.to_thread(stack.stop)
+    leftovers = stack.leftovers()
     stuck = {oid: status for oid, status in statuses.items() if status not in FINAL}
     print("\nsoak results")
     print(f"  seed                 {seed}")
-    print(f"  orders               {len(order_ids)}")
+    print(f"  orders               {len(order_ids)}  planned {dict(sorted(tally.fates.items()))}")
     print(f"  final statuses       {dict(Counter(statuses.values()).most_common())}")
-    print(f"  calls by answer      {dict(sorted(tally.answers.items()))}")
-    print(f"  duplicated calls     {tally.duplicates}")
-    print(f"  marketplace calls    {report.marketplace_calls}")
+    print(f"  calls sent           {tally.sent}")
+    print(f"  answers              {dict(sorted(tally.answers.items()))}")
+    print(f"  duplicated calls     {tally.duplicates}, differing answers {len(tally.differing)}")
+    for line in tally.differing[:10]:
+        print(f"    {line}")
+    print(f"  calls given up       {len(tally.gave_up)} {tally.gave_up[:5]}")
     print("  faults injected")
     for fault in tally.faults:
         print(f"    {fault}")
     print(f"  stuck orders         {len(stuck)} {list(stuck.items())[:5]}")
-    print(f"  invariant checker    {report.summary()}")
-    for violation in report.violations[:50]:
-        print(f"    {violation}")
-    print(f"  wall time            {time.monotonic() - tally.started:.0f} s")
-    return 1 if stuck or report.violations or report.unreadable else 0
+    print(f"  invariant checker    exit {checker_exit} ({CHECKER_EXIT.get(checker_exit, '?')})")
+    for line in checker_output.splitlines()[-50:]:
+        print(f"    {line}")
+    print(f"  processes left       {leftovers or 'none'}")
+    print(f"  wall time            {now() - tally.started:.0f} s", flush=True)
+    failed = stuck or tally.differing or tally.gave_up or checker_exit != 0 or leftovers
+    return 1 if failed else 0
+
+
+def now() -> float:
+    """The monotonic clock."""
+    return time.monotonic()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM stops the soak like Ctrl-C does: through the `finally` that stops the processes.
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +344,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="replays a run's choices (printed at its start)")
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=300,
+        help="how long calls keep being retried, and orders awaited, after the last order starts",
+    )
     parser.add_argument("--workdir", help="where the processes' logs and databases go")
-    return asyncio.run(soak(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    if args.orders < 1 or args.minutes <= 0 or args.workers < 1:
+        parser.error("--orders, --minutes and --workers must be positive")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(soak(args))
+    except KeyboardInterrupt:
+        print("soak: interrupted; every process was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

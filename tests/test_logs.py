@@ -10,7 +10,7 @@ import httpx
 
 from logs import ORDER_FIELDS
 from tests.stack import new_order_id, placement_example
-from tests.test_crashes import dispatch, post, processes, until
+from tests.test_crashes import call, dispatch, processes, until
 
 
 async def test_json_lines_carry_the_orders_ids(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ async def test_json_lines_carry_the_orders_ids(tmp_path: Path) -> None:
     ):
         order_id = new_order_id()
         body = placement_example(order_id, stack.endpoint)
-        assert (await post(http, "/pvt/orders", body)).status_code == 200
+        assert (await call(http, "POST", "/pvt/orders", body)).status_code == 200
         assert (await dispatch(http, order_id)).status_code == 200
         await until(http, order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
 

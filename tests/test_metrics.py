@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from devtools.processes import free_port
+from devtools.processes import free_ports
 from tests.stack import new_order_id, placement_example
-from tests.test_crashes import dispatch, post, processes, until
+from tests.test_crashes import call, dispatch, processes, until
 
 
 def value(metrics: str, pattern: str) -> float:
@@ -23,7 +23,7 @@ def value(metrics: str, pattern: str) -> float:
 
 
 async def test_the_counters_move(tmp_path: Path) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     env = {"WORKER_METRICS_ADDRESS": f"127.0.0.1:{port}"}
     async with (
         processes(tmp_path, workers=1, step_seconds=0.1, env=env) as stack,
@@ -32,11 +32,11 @@ async def test_the_counters_move(tmp_path: Path) -> None:
         invoiced, canceled = new_order_id(), new_order_id()
         for order_id in (invoiced, canceled):
             assert (
-                await post(http, "/pvt/orders", placement_example(order_id, stack.endpoint))
+                await call(http, "POST", "/pvt/orders", placement_example(order_id, stack.endpoint))
             ).status_code == 200
         assert (await dispatch(http, invoiced)).status_code == 200
-        canceling = await post(
-            http, f"/pvt/orders/{canceled}/cancel", {"marketplaceOrderId": canceled}
+        canceling = await call(
+            http, "POST", f"/pvt/orders/{canceled}/cancel", {"marketplaceOrderId": canceled}
         )
         assert canceling.status_code == 200
         await until(http, invoiced, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])

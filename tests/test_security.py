@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
 from tests.stack import new_order_id, placement_example, running_stack
 from tests.test_codec import PERSONAL, personal_placement
-from tests.test_crashes import dispatch, post, processes, until
+from tests.test_crashes import call, dispatch, processes, until
 
 
 @pytest.mark.parametrize(
@@ -110,11 +110,11 @@ async def test_no_customer_data_in_the_api_or_worker_logs(tmp_path: Path) -> Non
     ):
         order_id = new_order_id()
         body = personal_placement(order_id, stack.endpoint)
-        assert (await post(http, "/pvt/orders", body)).status_code == 200
+        assert (await call(http, "POST", "/pvt/orders", body)).status_code == 200
         assert (await dispatch(http, order_id)).status_code == 200
         await until(http, order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
-        refused = await post(
-            http, f"/pvt/orders/{order_id}/cancel", {"marketplaceOrderId": order_id}
+        refused = await call(
+            http, "POST", f"/pvt/orders/{order_id}/cancel", {"marketplaceOrderId": order_id}
         )
         assert refused.status_code == 409
 
