@@ -22,16 +22,15 @@ COPY . .
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info
 
-# A non-root user. /data belongs to it in the image so that a named volume mounted there
-# (the worker's `warehouse` volume) starts out writable by it: Docker copies the image's
-# ownership into an empty named volume on first use.
+# A non-root user, owning /data (DATA_DIR): the simulated warehouse's SQLite file lives there
+# when WAREHOUSE_URL is unset. docker-compose.yml sets WAREHOUSE_URL and mounts a tmpfs there.
 RUN useradd --create-home --uid 10001 --user-group connector \
     && mkdir -p /data \
     && chown connector:connector /data
 USER connector
 
-# The API and the fake marketplace; the worker only makes outbound connections.
-EXPOSE 8000 8900
+# The API, the fake marketplace, and the worker's metrics (WORKER_METRICS_ADDRESS, when set).
+EXPOSE 8000 8900 9464
 
 # Started from /app: the fake marketplace reads VTEX's OpenAPI file from /app/contract.
 CMD ["python", "worker.py"]

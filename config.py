@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     # "module:callable" returning a Warehouse; see activities/warehouse.py.
     warehouse: str = "activities.simulated_warehouse:SimulatedWarehouse.from_settings"
     data_dir: Path = Path(".data")
-    # The simulated warehouse's SQLite file; defaults to $DATA_DIR/warehouse.db.
+    # The simulated warehouse's database, a SQLAlchemy URL: e.g.
+    # postgresql+psycopg://user:password@host:5432/warehouse for workers on many hosts. Empty: a
+    # SQLite file (WAREHOUSE_DB), shared by the workers of one host only.
+    warehouse_url: str = Field(default="", repr=False)
+    # That SQLite file; defaults to $DATA_DIR/warehouse.db.
     warehouse_db: Path | None = None
     # Stock a SKU the simulated warehouse has never seen starts with.
     default_stock: int = Field(default=1000, ge=0)
@@ -113,9 +117,9 @@ class Settings(BaseSettings):
         return key_file.read_text().strip() if key_file.exists() else ""
 
     @property
-    def warehouse_db_path(self) -> Path:
-        """The simulated warehouse's SQLite file."""
-        return self.warehouse_db or self.data_dir / "warehouse.db"
+    def warehouse_store(self) -> str | Path:
+        """The simulated warehouse's database: WAREHOUSE_URL, or else its SQLite file."""
+        return self.warehouse_url or self.warehouse_db or self.data_dir / "warehouse.db"
 
     @property
     def seller_auth_enabled(self) -> bool:

@@ -1,10 +1,11 @@
-"""The default warehouse: stock, orders, labels and invoices in one SQLite file, no setup needed.
+"""The default warehouse: stock, orders, labels and invoices in one database, no setup needed.
 
-Every worker process on the machine opens the same file, so SQLite is the only arbiter between
-them: WAL lets readers run beside the one writer, every read-modify-write runs in a
-`BEGIN IMMEDIATE` transaction (the write lock is taken up front, so two workers cannot both read
-the same stock and then both write), and the busy timeout makes the losers wait instead of fail.
-Connections are short-lived and every SQLite call runs in a thread, off the worker's event loop.
+By default a SQLite file that every worker process on the host opens; with
+`WAREHOUSE_URL=postgresql+psycopg://...`, a PostgreSQL database that workers on many hosts share.
+The database is the only arbiter between the workers: every read-modify-write runs in one
+transaction that holds what it reads (activities/warehouse_store.py says how, per database), so
+two workers cannot both take the last unit, nor both invoice and release one order. Every call runs
+in a thread, off the worker's event loop.
 
 Stock is conserved: per SKU `available + reserved + shipped` only changes through `restock`, and
 every movement is written to the `ledger` table.
@@ -14,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import TypeAdapter
+from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from activities import warehouse_store as store
 from activities.warehouse import (
     AlreadyInvoiced,
     Invoice,
@@ -37,6 +39,7 @@ from activities.warehouse import (
     WarehouseOrder,
     WarehouseUnavailable,
 )
+from activities.warehouse_store import ledger, orders, sequences, stock
 from workflows.messages import OrderLine
 
 if TYPE_CHECKING:
@@ -44,52 +47,17 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_SECONDS = 30.0
 COURIER = "Simulated Carrier"
 TRACKING_URL = "https://tracking.example.com/{tracking_number}"
 
 _LINES = TypeAdapter(list[OrderLine])
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stock (
-    sku TEXT PRIMARY KEY,
-    available INTEGER NOT NULL CHECK (available >= 0),
-    reserved INTEGER NOT NULL CHECK (reserved >= 0),
-    shipped INTEGER NOT NULL CHECK (shipped >= 0)
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    order_id TEXT,
-    sku TEXT NOT NULL,
-    movement TEXT NOT NULL CHECK (movement IN ('restock', 'reserve', 'release', 'ship')),
-    quantity INTEGER NOT NULL CHECK (quantity >= 0)
-);
-CREATE INDEX IF NOT EXISTS ledger_order ON ledger (order_id);
-CREATE TABLE IF NOT EXISTS orders (
-    order_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL CHECK (state IN ('reserved', 'released', 'invoiced')),
-    lines TEXT NOT NULL,
-    reserved_at TEXT NOT NULL,
-    released_at TEXT,
-    picked_at TEXT,
-    packed_at TEXT,
-    label_id TEXT,
-    courier TEXT,
-    tracking_number TEXT,
-    tracking_url TEXT,
-    label_created_at TEXT,
-    label_voided_at TEXT,
-    invoice_number TEXT UNIQUE,
-    issuance_date TEXT,
-    invoice_value INTEGER,
-    invoice_lines TEXT
-);
-CREATE TABLE IF NOT EXISTS sequences (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
+# Which stock column a movement takes from and which it adds to.
+_MOVES = {
+    "reserve": ("available", "reserved"),
+    "release": ("reserved", "available"),
+    "ship": ("reserved", "shipped"),
+}
 
 
 @dataclass(frozen=True)
@@ -128,39 +96,49 @@ def _when(value: str | None) -> datetime | None:
 
 
 def _quantities(lines: list[OrderLine]) -> dict[str, int]:
-    """Quantity per SKU: an order may list the same SKU twice."""
+    """Quantity per SKU, in SKU order (the order every transaction locks stock rows in): an order
+    may list the same SKU twice."""
     totals: dict[str, int] = {}
     for line in lines:
         totals[line.sku] = totals.get(line.sku, 0) + line.quantity
-    return totals
+    return dict(sorted(totals.items()))
 
 
 class SimulatedWarehouse:
-    """A warehouse in a SQLite file shared by every worker process on the machine."""
+    """A warehouse in a SQLite file or a PostgreSQL database shared by every worker."""
 
-    def __init__(self, db_path: Path, default_stock: int = 1000, step_seconds: float = 2.0) -> None:
-        """Use (and create on first call) the database at `db_path`.
+    def __init__(
+        self, store_location: str | Path, default_stock: int = 1000, step_seconds: float = 2.0
+    ) -> None:
+        """Use (and create on first call) the warehouse's tables.
 
         Args:
-            db_path: The SQLite file; its directory is created if missing.
+            store_location: A SQLAlchemy URL (`sqlite:///...`, `postgresql+psycopg://...`) or a
+                SQLite file's path; a SQLite file's directory is created if missing.
             default_stock: Stock a SKU starts with the first time it is reserved or restocked.
             step_seconds: How long pick, pack, create_label and issue_invoice take.
         """
-        self.db_path = Path(db_path)
+        self.url = store.store_url(store_location)
         self.default_stock = default_stock
         self.step_seconds = step_seconds
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._schema_ready = False
-        self._schema_lock = threading.Lock()
+        if self.db_path is not None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SimulatedWarehouse:
         """The factory named by the default `WAREHOUSE` setting."""
         return cls(
-            settings.warehouse_db_path,
+            settings.warehouse_store,
             default_stock=settings.default_stock,
             step_seconds=settings.fulfillment_step_seconds,
         )
+
+    @property
+    def db_path(self) -> Path | None:
+        """The SQLite file, when the store is one."""
+        if self.url.get_backend_name() != "sqlite" or not self.url.database:
+            return None
+        return Path(self.url.database)
 
     # The Warehouse protocol
 
@@ -216,7 +194,7 @@ class SimulatedWarehouse:
         return await self._call(self._void_label, order_id)
 
     async def close(self) -> None:
-        """Nothing to free: every call opens and closes its own connection."""
+        """Nothing to free: the process's connection pool serves every instance on this URL."""
 
     # Helpers for tests and people
 
@@ -238,6 +216,11 @@ class SimulatedWarehouse:
         """The order as stored (state, lines, steps, label, invoice), or None if unknown."""
         return await self._call(self._order_record, order_id)
 
+    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of `stock`, `ledger` and `orders`, read at one instant (the invariant checker
+        compares them with each other while orders may still be moving)."""
+        return await self._call(self._snapshot)
+
     # Plumbing
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
@@ -257,94 +240,50 @@ class SimulatedWarehouse:
     def _transient_as_unavailable(function: Callable[..., T], *args: Any) -> T:
         try:
             return function(*args)
-        except sqlite3.OperationalError as err:
-            # Locked or busy past the timeout, disk I/O: a later try may well succeed.
-            raise WarehouseUnavailable(f"SQLite: {err}") from err
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: the module must not open transactions behind our BEGIN IMMEDIATE.
-        connection = sqlite3.connect(
-            self.db_path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
-        )
-        connection.row_factory = sqlite3.Row
-        if not self._schema_ready:
-            with self._schema_lock:
-                if not self._schema_ready:
-                    self._create_schema(connection)
-                    self._schema_ready = True
-        return connection
-
-    @staticmethod
-    def _create_schema(connection: sqlite3.Connection) -> None:
-        # WAL is a property of the file: once set by any process it stays set. Switching needs the
-        # file to itself, and SQLite's busy timeout does not cover this pragma: when another
-        # process or thread is creating the file too, wait for it here.
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-        while True:
-            try:
-                mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                break
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        if mode != "wal":
-            raise RuntimeError(f"SQLite refused WAL journal mode (got {mode!r})")
-        # Inside one IMMEDIATE transaction so that processes starting at once take turns.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(
-                "INSERT OR IGNORE INTO sequences (name, value) VALUES ('invoice', 0)"
-            )
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        except (OperationalError, InterfaceError, PoolTimeout) as err:
+            # A lock held past the timeout, a deadlock, a connection lost or refused, a full
+            # pool: a later try may well succeed. (A constraint or a value the column cannot
+            # hold is not transient: it ends the step.)
+            raise WarehouseUnavailable(f"warehouse database: {err}") from err
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+    def _transaction(self) -> Iterator[Connection]:
+        with store.engine_for(self.url).begin() as connection:
+            yield connection
 
-    def _read(self, sql: str, *params: object) -> list[sqlite3.Row]:
-        with closing(self._connect()) as connection:
-            return connection.execute(sql, params).fetchall()
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one snapshot (SQLite's WAL gives each transaction
+        one; PostgreSQL's REPEATABLE READ does)."""
+        engine = store.engine_for(self.url)
+        options: dict[str, Any] = {store.READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
+        with engine.connect().execution_options(**options) as connection:
+            yield connection
 
-    @staticmethod
-    def _order(connection: sqlite3.Connection, order_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = connection.execute(
-            "SELECT * FROM orders WHERE order_id = ?", (order_id,)
-        ).fetchone()
+    def _order(self, connection: Connection, order_id: str) -> Row[Any]:
+        """The order's row, locked until the transaction ends."""
+        row = connection.execute(
+            select(orders).where(orders.c.order_id == order_id).with_for_update()
+        ).one_or_none()
         if row is None:
             raise UnknownOrder(f"no reservation for order {order_id}")
         return row
 
-    def _stock_row(self, connection: sqlite3.Connection, sku: str, at: str) -> sqlite3.Row:
-        """The SKU's stock, created with `default_stock` if it is new."""
+    def _ensure_stock_row(self, connection: Connection, sku: str, at: str) -> None:
+        """Create the SKU's stock with `default_stock` if it is new."""
         created = connection.execute(
-            "INSERT INTO stock (sku, available, reserved, shipped) VALUES (?, ?, 0, 0)"
-            " ON CONFLICT (sku) DO NOTHING",
-            (sku, self.default_stock),
-        ).rowcount
-        if created:
+            store.insert_ignore(connection.engine, stock, ["sku"])
+            .values(sku=sku, available=self.default_stock, reserved=0, shipped=0)
+            .returning(stock.c.sku)
+        ).first()
+        if created is not None:
             self._log(connection, at, None, sku, "restock", self.default_stock)
-        row: sqlite3.Row = connection.execute(
-            "SELECT * FROM stock WHERE sku = ?", (sku,)
-        ).fetchone()
-        return row
 
     @staticmethod
     def _log(
-        connection: sqlite3.Connection,
+        connection: Connection,
         at: str,
         order_id: str | None,
         sku: str,
@@ -352,66 +291,78 @@ class SimulatedWarehouse:
         quantity: int,
     ) -> None:
         connection.execute(
-            "INSERT INTO ledger (at, order_id, sku, movement, quantity) VALUES (?, ?, ?, ?, ?)",
-            (at, order_id, sku, movement, quantity),
+            ledger.insert().values(
+                at=at, order_id=order_id, sku=sku, movement=movement, quantity=quantity
+            )
         )
 
     def _move(
         self,
-        connection: sqlite3.Connection,
+        connection: Connection,
         at: str,
         order_id: str,
         lines: list[OrderLine],
         movement: str,
     ) -> None:
-        """Move the lines' quantities between stock columns, one ledger row per SKU."""
-        source, target = {
-            "reserve": ("available", "reserved"),
-            "release": ("reserved", "available"),
-            "ship": ("reserved", "shipped"),
-        }[movement]
+        """Move the lines' quantities between stock columns, one ledger row per SKU.
+
+        Raises:
+            OutOfStock: The source column holds less than a line needs (only a reservation can
+                meet this: a release or a shipment moves what its reservation put there).
+        """
+        source, target = _MOVES[movement]
         for sku, quantity in _quantities(lines).items():
-            connection.execute(
-                f"UPDATE stock SET {source} = {source} - ?, {target} = {target} + ? WHERE sku = ?",
-                (quantity, quantity, sku),
-            )
+            moved = connection.execute(
+                update(stock)
+                .where(stock.c.sku == sku, stock.c[source] >= quantity)
+                .values({source: stock.c[source] - quantity, target: stock.c[target] + quantity})
+            ).rowcount
+            if moved != 1:
+                available = connection.execute(
+                    select(stock.c[source]).where(stock.c.sku == sku)
+                ).scalar_one_or_none()
+                raise OutOfStock(sku, quantity, available or 0)
             self._log(connection, at, order_id, sku, movement, quantity)
 
     # The work, each in one transaction, run in a thread
 
     def _reserve(self, order: WarehouseOrder) -> Reservation:
         with self._transaction() as connection:
-            row = connection.execute(
-                "SELECT lines, reserved_at FROM orders WHERE order_id = ?", (order.order_id,)
-            ).fetchone()
-            if row is not None:
+            at = _now()
+            # The order's row first: a second reservation of the same order (a retry on another
+            # worker) waits here for the first to commit, then finds it.
+            # (INSERT's rowcount is not reliable across drivers; what RETURNING returns is.)
+            inserted = connection.execute(
+                store.insert_ignore(connection.engine, orders, ["order_id"])
+                .values(
+                    order_id=order.order_id,
+                    state="reserved",
+                    lines=_LINES.dump_json(order.lines).decode(),
+                    reserved_at=at,
+                )
+                .returning(orders.c.order_id)
+            ).first()
+            if inserted is None:
                 # Even a released order keeps its first answer: a late retry must not re-reserve.
+                row = self._order(connection, order.order_id)
                 return Reservation(
                     order_id=order.order_id,
-                    lines=_LINES.validate_json(row["lines"]),
-                    reserved_at=datetime.fromisoformat(row["reserved_at"]),
+                    lines=_LINES.validate_json(row.lines),
+                    reserved_at=datetime.fromisoformat(row.reserved_at),
                 )
-            at = _now()
-            for sku, requested in _quantities(order.lines).items():
-                available = self._stock_row(connection, sku, at)["available"]
-                if available < requested:
-                    raise OutOfStock(sku, requested, available)
+            for sku in _quantities(order.lines):
+                self._ensure_stock_row(connection, sku, at)
+            # All or nothing: an OutOfStock rolls the whole transaction back, the order's row too.
             self._move(connection, at, order.order_id, order.lines, "reserve")
-            connection.execute(
-                "INSERT INTO orders (order_id, state, lines, reserved_at)"
-                " VALUES (?, 'reserved', ?, ?)",
-                (order.order_id, _LINES.dump_json(order.lines).decode(), at),
-            )
             return Reservation(
                 order_id=order.order_id, lines=order.lines, reserved_at=datetime.fromisoformat(at)
             )
 
-    @classmethod
-    def _order_to_fulfill(cls, connection: sqlite3.Connection, order_id: str) -> sqlite3.Row:
+    def _order_to_fulfill(self, connection: Connection, order_id: str) -> Row[Any]:
         """The order, unless its stock was released: a step that outlived its cancellation (a
         worker cut off from Temporal) must not pick, pack or label it afterwards."""
-        row = cls._order(connection, order_id)
-        if row["state"] == "released":
+        row = self._order(connection, order_id)
+        if row.state == "released":
             raise OrderReleased(f"order {order_id} was released: it is not fulfilled any more")
         return row
 
@@ -419,50 +370,53 @@ class SimulatedWarehouse:
         with self._transaction() as connection:
             self._order_to_fulfill(connection, order_id)
             connection.execute(
-                f"UPDATE orders SET {column} = COALESCE({column}, ?) WHERE order_id = ?",
-                (_now(), order_id),
+                update(orders)
+                .where(orders.c.order_id == order_id)
+                .values({column: func.coalesce(orders.c[column], _now())})
             )
 
     def _create_label(self, order_id: str) -> ShippingLabel:
         with self._transaction() as connection:
             row = self._order(connection, order_id)
-            if row["label_id"] is None:
+            if row.label_id is None:
                 self._order_to_fulfill(connection, order_id)
                 tracking_number = f"SIM{secrets.randbelow(10**10):010d}"
                 connection.execute(
-                    "UPDATE orders SET label_id = ?, courier = ?, tracking_number = ?,"
-                    " tracking_url = ?, label_created_at = ? WHERE order_id = ?",
-                    (
-                        f"LBL-{secrets.token_hex(4).upper()}",
-                        COURIER,
-                        tracking_number,
-                        TRACKING_URL.format(tracking_number=tracking_number),
-                        _now(),
-                        order_id,
-                    ),
+                    update(orders)
+                    .where(orders.c.order_id == order_id)
+                    .values(
+                        label_id=f"LBL-{secrets.token_hex(4).upper()}",
+                        courier=COURIER,
+                        tracking_number=tracking_number,
+                        tracking_url=TRACKING_URL.format(tracking_number=tracking_number),
+                        label_created_at=_now(),
+                    )
                 )
                 row = self._order(connection, order_id)
             return ShippingLabel(
-                label_id=row["label_id"],
-                courier=row["courier"],
-                tracking_number=row["tracking_number"],
-                tracking_url=row["tracking_url"],
-                created_at=datetime.fromisoformat(row["label_created_at"]),
+                label_id=row.label_id,
+                courier=row.courier,
+                tracking_number=row.tracking_number,
+                tracking_url=row.tracking_url,
+                created_at=datetime.fromisoformat(row.label_created_at),
             )
 
     def _issue_invoice(self, order: WarehouseOrder) -> Invoice:
         with self._transaction() as connection:
             row = self._order(connection, order.order_id)
-            if row["state"] == "invoiced":
+            if row.state == "invoiced":
                 return self._stored_invoice(row)
-            if row["state"] == "released":
+            if row.state == "released":
                 raise OrderReleased(f"order {order.order_id} was released: it cannot be invoiced")
             number = connection.execute(
-                "UPDATE sequences SET value = value + 1 WHERE name = 'invoice' RETURNING value"
-            ).fetchone()[0]
+                update(sequences)
+                .where(sequences.c.name == "invoice")
+                .values(value=sequences.c.value + 1)
+                .returning(sequences.c.value)
+            ).scalar_one()
             at = _now()
             # Ship what was reserved, so stock stays conserved whatever lines this call carries.
-            self._move(connection, at, order.order_id, _LINES.validate_json(row["lines"]), "ship")
+            self._move(connection, at, order.order_id, _LINES.validate_json(row.lines), "ship")
             invoice = Invoice(
                 invoice_number=f"NFe-{number:06d}",
                 issuance_date=datetime.fromisoformat(at),
@@ -471,25 +425,25 @@ class SimulatedWarehouse:
                 lines=order.lines,
             )
             connection.execute(
-                "UPDATE orders SET state = 'invoiced', invoice_number = ?, issuance_date = ?,"
-                " invoice_value = ?, invoice_lines = ? WHERE order_id = ?",
-                (
-                    invoice.invoice_number,
-                    at,
-                    invoice.invoice_value,
-                    _LINES.dump_json(invoice.lines).decode(),
-                    order.order_id,
-                ),
+                update(orders)
+                .where(orders.c.order_id == order.order_id)
+                .values(
+                    state="invoiced",
+                    invoice_number=invoice.invoice_number,
+                    issuance_date=at,
+                    invoice_value=invoice.invoice_value,
+                    invoice_lines=_LINES.dump_json(invoice.lines).decode(),
+                )
             )
             return invoice
 
     @staticmethod
-    def _stored_invoice(row: sqlite3.Row) -> Invoice:
+    def _stored_invoice(row: Row[Any]) -> Invoice:
         return Invoice(
-            invoice_number=row["invoice_number"],
-            issuance_date=datetime.fromisoformat(row["issuance_date"]),
-            invoice_value=row["invoice_value"],
-            lines=_LINES.validate_json(row["invoice_lines"]),
+            invoice_number=row.invoice_number,
+            issuance_date=datetime.fromisoformat(row.issuance_date),
+            invoice_value=row.invoice_value,
+            lines=_LINES.validate_json(row.invoice_lines),
         )
 
     def _release(self, order_id: str) -> bool:
@@ -498,93 +452,112 @@ class SimulatedWarehouse:
                 row = self._order(connection, order_id)
             except UnknownOrder:
                 return False
-            if row["state"] == "invoiced":
+            if row.state == "invoiced":
                 raise AlreadyInvoiced(f"order {order_id} is invoiced: its stock is shipped")
-            if row["state"] == "released":
+            if row.state == "released":
                 return False
             at = _now()
-            self._move(connection, at, order_id, _LINES.validate_json(row["lines"]), "release")
+            self._move(connection, at, order_id, _LINES.validate_json(row.lines), "release")
             connection.execute(
-                "UPDATE orders SET state = 'released', released_at = ? WHERE order_id = ?",
-                (at, order_id),
+                update(orders)
+                .where(orders.c.order_id == order_id)
+                .values(state="released", released_at=at)
             )
             return True
 
     def _void_label(self, order_id: str) -> bool:
         with self._transaction() as connection:
             voided = connection.execute(
-                "UPDATE orders SET label_voided_at = ?"
-                " WHERE order_id = ? AND label_id IS NOT NULL AND label_voided_at IS NULL",
-                (_now(), order_id),
+                update(orders)
+                .where(
+                    orders.c.order_id == order_id,
+                    orders.c.label_id.is_not(None),
+                    orders.c.label_voided_at.is_(None),
+                )
+                .values(label_voided_at=_now())
             ).rowcount
             return voided == 1
 
     def _restock(self, sku: str, quantity: int) -> StockLevel:
         with self._transaction() as connection:
             at = _now()
-            self._stock_row(connection, sku, at)
+            self._ensure_stock_row(connection, sku, at)
             connection.execute(
-                "UPDATE stock SET available = available + ? WHERE sku = ?", (quantity, sku)
+                update(stock)
+                .where(stock.c.sku == sku)
+                .values(available=stock.c.available + quantity)
             )
             self._log(connection, at, None, sku, "restock", quantity)
-            row = connection.execute("SELECT * FROM stock WHERE sku = ?", (sku,)).fetchone()
-            return StockLevel(row["sku"], row["available"], row["reserved"], row["shipped"])
+            return self._level(connection, sku)
+
+    @staticmethod
+    def _level(connection: Connection, sku: str) -> StockLevel:
+        row = connection.execute(select(stock).where(stock.c.sku == sku)).one_or_none()
+        if row is None:
+            return StockLevel(sku, 0, 0, 0)
+        return StockLevel(row.sku, row.available, row.reserved, row.shipped)
 
     def _stock_level(self, sku: str) -> StockLevel:
-        rows = self._read("SELECT * FROM stock WHERE sku = ?", sku)
-        if not rows:
-            return StockLevel(sku, 0, 0, 0)
-        return StockLevel(sku, rows[0]["available"], rows[0]["reserved"], rows[0]["shipped"])
+        with self._reading() as connection:
+            return self._level(connection, sku)
 
     def _ledger(self, order_id: str | None) -> list[LedgerEntry]:
-        if order_id is None:
-            rows = self._read("SELECT * FROM ledger ORDER BY id")
-        else:
-            rows = self._read("SELECT * FROM ledger WHERE order_id = ? ORDER BY id", order_id)
+        query = select(ledger).order_by(ledger.c.id)
+        if order_id is not None:
+            query = query.where(ledger.c.order_id == order_id)
+        with self._reading() as connection:
+            rows = connection.execute(query).all()
         return [
             LedgerEntry(
-                id=row["id"],
-                at=datetime.fromisoformat(row["at"]),
-                order_id=row["order_id"],
-                sku=row["sku"],
-                movement=row["movement"],
-                quantity=row["quantity"],
+                id=row.id,
+                at=datetime.fromisoformat(row.at),
+                order_id=row.order_id,
+                sku=row.sku,
+                movement=row.movement,
+                quantity=row.quantity,
             )
             for row in rows
         ]
 
+    def _snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        with self._reading() as connection:
+            return {
+                table.name: [dict(row._mapping) for row in connection.execute(select(table)).all()]
+                for table in (stock, ledger, orders)
+            }
+
     def _order_record(self, order_id: str) -> dict[str, Any] | None:
-        rows = self._read("SELECT * FROM orders WHERE order_id = ?", order_id)
-        if not rows:
+        with self._reading() as connection:
+            row = connection.execute(
+                select(orders).where(orders.c.order_id == order_id)
+            ).one_or_none()
+        if row is None:
             return None
-        row = rows[0]
         steps = {
-            step: _when(row[f"{step}_at"])
+            step: _when(getattr(row, f"{step}_at"))
             for step in ("picked", "packed")
-            if row[f"{step}_at"] is not None
+            if getattr(row, f"{step}_at") is not None
         }
         label = None
-        if row["label_id"] is not None:
+        if row.label_id is not None:
             label = {
-                "label_id": row["label_id"],
-                "courier": row["courier"],
-                "tracking_number": row["tracking_number"],
-                "tracking_url": row["tracking_url"],
-                "created_at": _when(row["label_created_at"]),
-                "voided": row["label_voided_at"] is not None,
-                "voided_at": _when(row["label_voided_at"]),
+                "label_id": row.label_id,
+                "courier": row.courier,
+                "tracking_number": row.tracking_number,
+                "tracking_url": row.tracking_url,
+                "created_at": _when(row.label_created_at),
+                "voided": row.label_voided_at is not None,
+                "voided_at": _when(row.label_voided_at),
             }
         invoice = None
-        if row["invoice_number"] is not None:
+        if row.invoice_number is not None:
             invoice = self._stored_invoice(row).model_dump(by_alias=False)
         return {
-            "order_id": row["order_id"],
-            "state": row["state"],
-            "lines": [
-                line.model_dump(by_alias=False) for line in _LINES.validate_json(row["lines"])
-            ],
-            "reserved_at": _when(row["reserved_at"]),
-            "released_at": _when(row["released_at"]),
+            "order_id": row.order_id,
+            "state": row.state,
+            "lines": [line.model_dump(by_alias=False) for line in _LINES.validate_json(row.lines)],
+            "reserved_at": _when(row.reserved_at),
+            "released_at": _when(row.released_at),
             "steps": steps,
             "label": label,
             "invoice": invoice,

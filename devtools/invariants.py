@@ -6,9 +6,10 @@ Tests run it after their orders settle; ops run it against a live deployment:
         [--marketplace-calls http://127.0.0.1:8900/calls | calls.jsonl] [--require-final]
 
 It reads every order workflow that the visibility query lists (open or closed) through its `order`
-query, the simulated warehouse's stock, ledger and orders (DATA_DIR / WAREHOUSE_DB, as the worker
-does), and, when given, what the marketplace received (the fake marketplace's `GET /calls`, or a
-JSON-lines file of the same records). It prints one line per violation and a summary.
+query, the simulated warehouse's stock, ledger and orders (WAREHOUSE_URL, or the SQLite file in
+DATA_DIR / WAREHOUSE_DB, as the worker does), and, when given, what the marketplace received (the
+fake marketplace's `GET /calls`, or a JSON-lines file of the same records). It prints one line per
+violation and a summary.
 
 Exit codes, its own so that a script can tell them apart (an uncaught Python exception exits 1;
 see temporalio/sdk-python#300 on exit codes):
@@ -22,11 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,9 @@ from config import get_settings
 from workflows.lifecycle import is_final
 from workflows.messages import OrderStatus, OrderView
 from workflows.order import OrderWorkflow
+
+# The warehouse's tables, as `SimulatedWarehouse.snapshot` reads them.
+Tables = dict[str, list[dict[str, Any]]]
 
 DEFAULT_QUERY = 'WorkflowType="OrderWorkflow"'
 EXIT_OK, EXIT_UNCHECKED, EXIT_VIOLATIONS = 0, 2, 3
@@ -123,8 +125,9 @@ async def check(
     views, unreadable = await _read_orders(client, query)
     if callable(marketplace_calls):
         marketplace_calls = await marketplace_calls()
-    records = _warehouse_orders(warehouse.db_path)
-    violations = _stock_violations(warehouse.db_path)
+    tables = await warehouse.snapshot()
+    records = _warehouse_orders(tables)
+    violations = _stock_violations(tables)
     calls_by_order: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for call in marketplace_calls or []:
         calls_by_order[call.get("marketplaceOrderId") or ""].append(call)
@@ -132,7 +135,7 @@ async def check(
         violations += _order_violations(view, closed, records.get(view.order_id), require_final)
         if marketplace_calls is not None:
             violations += _marketplace_violations(view, calls_by_order[view.marketplace_order_id])
-    skus = len(_rows(warehouse.db_path, "SELECT sku FROM stock"))
+    skus = len(tables["stock"])
     return Report(
         orders=len(views),
         skus=skus,
@@ -170,28 +173,17 @@ async def _read_orders(
     return views, sorted(unreadable)
 
 
-def _rows(db_path: Path, sql: str) -> list[sqlite3.Row]:
-    if not db_path.exists():
-        return []
-    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as connection:
-        connection.row_factory = sqlite3.Row
-        try:
-            return connection.execute(sql).fetchall()
-        except sqlite3.OperationalError:
-            return []  # No such table: the warehouse has not been used yet.
+def _warehouse_orders(tables: Tables) -> dict[str, dict[str, Any]]:
+    return {row["order_id"]: row for row in tables["orders"]}
 
 
-def _warehouse_orders(db_path: Path) -> dict[str, sqlite3.Row]:
-    return {row["order_id"]: row for row in _rows(db_path, "SELECT * FROM orders")}
-
-
-def _stock_violations(db_path: Path) -> list[Violation]:
+def _stock_violations(tables: Tables) -> list[Violation]:
     """Per SKU: the columns add up to what was restocked, and each equals the ledger's sum."""
     moved: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in _rows(db_path, "SELECT sku, movement, quantity FROM ledger"):
+    for row in tables["ledger"]:
         moved[row["sku"]][row["movement"]] += row["quantity"]
     violations = []
-    for row in _rows(db_path, "SELECT * FROM stock"):
+    for row in tables["stock"]:
         sku, sums = row["sku"], moved[row["sku"]]
         stocked = sums["restock"]
         total = row["available"] + row["reserved"] + row["shipped"]
@@ -222,7 +214,7 @@ def _stock_violations(db_path: Path) -> list[Violation]:
 
 
 def _order_violations(
-    view: OrderView, closed: bool, record: sqlite3.Row | None, require_final: bool
+    view: OrderView, closed: bool, record: dict[str, Any] | None, require_final: bool
 ) -> list[Violation]:
     violations = []
     state = record["state"] if record is not None else None
@@ -328,7 +320,10 @@ async def load_marketplace_calls(source: str) -> list[dict[str, Any]]:
             response.raise_for_status()
             calls: list[dict[str, Any]] = response.json()
             return calls
-    text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+    try:
+        text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+    except FileNotFoundError:
+        return []  # The fake marketplace writes its journal on the first call it receives.
     lines = text.splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 

@@ -193,8 +193,8 @@ class Process:
 class ProcessStack:
     """The dev server, `workers` workers, the API and a fake marketplace, each its own process.
 
-    Every process has its own DATA_DIR; the workers share the warehouse's SQLite file
-    (WAREHOUSE_DB), so the stock is one, and Temporal, nothing else.
+    Every process has its own DATA_DIR; the workers share the warehouse's database (a SQLite file,
+    WAREHOUSE_DB, or WAREHOUSE_URL), so the stock is one, and Temporal, nothing else.
     """
 
     def __init__(
@@ -204,20 +204,29 @@ class ProcessStack:
         workers: int = 1,
         step_seconds: float = 0.5,
         late_call_window: str = "0s",
+        warehouse_url: str = "",
         env: dict[str, str] | None = None,
     ) -> None:
-        """Lay the stack out in `workdir` (logs, databases, the marketplace's journal); `env`
-        adds or overrides settings of every process (e.g. UPDATE_TIMEOUT_SECONDS)."""
+        """Lay the stack out in `workdir` (logs, databases, the marketplace's journal).
+
+        Args:
+            warehouse_url: The warehouse's database (WAREHOUSE_URL), e.g. a PostgreSQL one;
+                empty for a SQLite file in `workdir`.
+            env: Adds or overrides settings of every process (e.g. UPDATE_TIMEOUT_SECONDS).
+        """
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.temporal_port, self.api_port, self.marketplace_port = free_ports(3)
         self.task_queue = f"orders-{self.temporal_port}"
         self.warehouse_db = self.workdir / "warehouse.db"
+        # What a SimulatedWarehouse of the test opens to see the workers' stock.
+        self.warehouse_store: str | Path = warehouse_url or self.warehouse_db
         self.journal = self.workdir / "marketplace-calls.jsonl"
         self.env = clean_environment() | {
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TASK_QUEUE": self.task_queue,
             "WAREHOUSE_DB": str(self.warehouse_db),
+            "WAREHOUSE_URL": warehouse_url,
             "FULFILLMENT_STEP_SECONDS": str(step_seconds),
             "LATE_CALL_WINDOW": late_call_window,
             "MARKETPLACE_ALLOWED_HOSTS": HOST,

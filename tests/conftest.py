@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sysconfig
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from devtools.postgres import TemporaryPostgres
 from workflows import search
 
 BIN_DIR = Path(sysconfig.get_path("scripts"))
@@ -31,3 +33,21 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TemporaryPostgres]:
+    """One throwaway PostgreSQL server for the session (initdb in a temporary folder); each test
+    that uses it creates its own database."""
+    with TemporaryPostgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def warehouse_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a test's simulated warehouse lives: a fresh SQLite file, then a fresh PostgreSQL
+    database (the test runs once on each)."""
+    if request.param == "sqlite":
+        return tmp_path / "warehouse.db"
+    server: TemporaryPostgres = request.getfixturevalue("postgres")
+    return server.create_database(f"warehouse_{uuid.uuid4().hex[:12]}")

@@ -36,8 +36,10 @@ class DamagedItem(WarehouseError):
 class ScriptedWarehouse(SimulatedWarehouse):
     """The simulated warehouse with the behaviours above, chosen by SKU prefix."""
 
-    def __init__(self, db_path: Path, default_stock: int = 1000, step_seconds: float = 2.0) -> None:
-        super().__init__(db_path, default_stock, step_seconds)
+    def __init__(
+        self, store_location: str | Path, default_stock: int = 1000, step_seconds: float = 2.0
+    ) -> None:
+        super().__init__(store_location, default_stock, step_seconds)
         self._skus: dict[str, list[str]] = {}
 
     async def reserve(self, order: WarehouseOrder) -> Reservation:

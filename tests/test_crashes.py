@@ -139,7 +139,7 @@ def invoice_numbers(stack: ProcessStack, order_id: str) -> set[str | None]:
 
 async def assert_stock(stack: ProcessStack, shipped: int, reserved: int = 0) -> None:
     """available + reserved + shipped is still the initial stock, split as expected."""
-    level = await SimulatedWarehouse(stack.warehouse_db).stock_level(SKU)
+    level = await SimulatedWarehouse(stack.warehouse_store).stock_level(SKU)
     assert (level.available + level.reserved + level.shipped, level.reserved, level.shipped) == (
         1000,
         reserved,
@@ -158,7 +158,7 @@ async def check_invariants(stack: ProcessStack, client: Client, order_count: int
     assert len(listed) == order_count, [w.id for w in listed]
     violations = await find_violations(
         client,
-        SimulatedWarehouse(stack.warehouse_db),
+        SimulatedWarehouse(stack.warehouse_store),
         lambda: load_marketplace_calls(str(stack.journal)),
         query=query,
         require_final=True,
@@ -323,7 +323,7 @@ async def test_the_api_killed_mid_request_leaves_no_half_applied_order(tmp_path:
         everything = to_dispatch + to_place
         assert await all_final(http, everything) == dict.fromkeys(everything, "invoiced")
         # One reservation per order, whatever the crash cut.
-        warehouse = SimulatedWarehouse(stack.warehouse_db)
+        warehouse = SimulatedWarehouse(stack.warehouse_store)
         for order_id in everything:
             ledger = await warehouse.ledger(ids.seller_order_id(order_id))
             assert [e.movement for e in ledger].count("reserve") == 1, ledger

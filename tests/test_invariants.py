@@ -37,6 +37,7 @@ def _calls(stack: Stack) -> list[dict[str, Any]]:
 
 
 def _sql(stack: Stack, statement: str, *params: object) -> None:
+    assert stack.warehouse.db_path is not None  # The in-process stack's warehouse is a file.
     with closing(sqlite3.connect(stack.warehouse.db_path)) as connection:
         connection.execute(statement, params)
         connection.commit()

@@ -1,4 +1,5 @@
-"""The simulated warehouse against a real SQLite file: stock conservation, idempotency, races."""
+"""The simulated warehouse against a real SQLite file and a real PostgreSQL database (each test
+runs on both, see `warehouse_store` in conftest.py): stock conservation, idempotency, races."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from activities.simulated_warehouse import SimulatedWarehouse
@@ -41,8 +45,8 @@ def order(order_id: str, *lines: tuple[str, int, int], freight: int = 0) -> Ware
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path) -> SimulatedWarehouse:
-    return SimulatedWarehouse(tmp_path / "warehouse.db", default_stock=10, step_seconds=0)
+def warehouse(warehouse_store: str | Path) -> SimulatedWarehouse:
+    return SimulatedWarehouse(warehouse_store, default_stock=10, step_seconds=0)
 
 
 def test_is_a_warehouse(warehouse: SimulatedWarehouse) -> None:
@@ -57,6 +61,19 @@ def test_from_settings_creates_the_data_directory(tmp_path: Path) -> None:
     assert warehouse.db_path.parent.is_dir()
     assert warehouse.default_stock == 7
     assert warehouse.step_seconds == 2.0
+
+
+def test_warehouse_url_names_the_database(tmp_path: Path) -> None:
+    url = "postgresql://seller:secret@db.internal:5432/warehouse"
+    warehouse = SimulatedWarehouse.from_settings(Settings(data_dir=tmp_path, warehouse_url=url))
+    # psycopg 3 is the driver: a plain postgresql:// URL means it too.
+    assert warehouse.url.render_as_string(hide_password=False) == url.replace(
+        "postgresql://", "postgresql+psycopg://"
+    )
+    assert warehouse.db_path is None
+    assert "secret" not in repr(Settings(warehouse_url=url))
+    with pytest.raises(ValueError, match="mysql"):
+        SimulatedWarehouse("mysql://db.internal/warehouse")
 
 
 async def test_default_stock_on_first_reserve(warehouse: SimulatedWarehouse) -> None:
@@ -256,8 +273,10 @@ async def test_invoice_after_release_raises_order_released(warehouse: SimulatedW
     assert (await warehouse.issue_invoice(order("o2", ("A", 1, 0)))).invoice_number == "NFe-000001"
 
 
-async def test_invoice_and_release_race_has_one_winner_per_order(tmp_path: Path) -> None:
-    db = tmp_path / "warehouse.db"
+async def test_invoice_and_release_race_has_one_winner_per_order(
+    warehouse_store: str | Path,
+) -> None:
+    db = warehouse_store
     one = SimulatedWarehouse(db, default_stock=100, step_seconds=0)
     two = SimulatedWarehouse(db, default_stock=100, step_seconds=0)
     orders = [order(f"o{i}", ("A", 1, 0)) for i in range(20)]
@@ -286,8 +305,10 @@ async def test_invoice_and_release_race_has_one_winner_per_order(tmp_path: Path)
     assert (a.available, a.reserved, a.shipped) == (80 + len(released), 0, len(invoiced))
 
 
-async def test_invoice_numbers_are_unique_across_two_instances(tmp_path: Path) -> None:
-    db = tmp_path / "warehouse.db"
+async def test_invoice_numbers_are_unique_across_two_instances(
+    warehouse_store: str | Path,
+) -> None:
+    db = warehouse_store
     workers = [SimulatedWarehouse(db, default_stock=1000, step_seconds=0) for _ in range(2)]
     orders = [order(f"o{i}", ("A", 1, 10), ("B", 2, 20)) for i in range(40)]
 
@@ -309,8 +330,10 @@ async def test_invoice_numbers_are_unique_across_two_instances(tmp_path: Path) -
     assert len([e for e in await workers[0].ledger() if e.movement == "ship"]) == 80
 
 
-async def test_cancelled_pick_stops_promptly_and_records_nothing(tmp_path: Path) -> None:
-    warehouse = SimulatedWarehouse(tmp_path / "warehouse.db", step_seconds=5)
+async def test_cancelled_pick_stops_promptly_and_records_nothing(
+    warehouse_store: str | Path,
+) -> None:
+    warehouse = SimulatedWarehouse(warehouse_store, step_seconds=5)
     await warehouse.reserve(order("o1", ("A", 1, 0)))
 
     task = asyncio.create_task(warehouse.pick("o1"))
@@ -327,23 +350,35 @@ async def test_cancelled_pick_stops_promptly_and_records_nothing(tmp_path: Path)
     assert record["state"] == "reserved"
 
 
-async def test_cancelled_call_waits_for_its_transaction(tmp_path: Path) -> None:
-    db = tmp_path / "warehouse.db"
-    warehouse = SimulatedWarehouse(db, default_stock=10, step_seconds=0)
-    await warehouse.reserve(order("o1", ("A", 4, 0)))
-    # Another process holds the write lock, so the release's thread waits in SQLite.
-    other = sqlite3.connect(db, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+@contextmanager
+def order_locked_elsewhere(store: str | Path, order_id: str) -> Iterator[None]:
+    """Another client holds what a write to the order needs: SQLite's write lock, or the order's
+    row lock in PostgreSQL."""
+    if isinstance(store, Path):
+        sqlite = sqlite3.connect(store, isolation_level=None)
+        sqlite.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            sqlite.execute("COMMIT")
+            sqlite.close()
+        return
+    with psycopg.connect(store.replace("postgresql+psycopg", "postgresql")) as other:
+        other.execute("SELECT 1 FROM orders WHERE order_id = %s FOR UPDATE", (order_id,))
+        yield  # Committed when the block ends.
 
-    try:
+
+async def test_cancelled_call_waits_for_its_transaction(warehouse_store: str | Path) -> None:
+    warehouse = SimulatedWarehouse(warehouse_store, default_stock=10, step_seconds=0)
+    await warehouse.reserve(order("o1", ("A", 4, 0)))
+
+    # The release's thread waits in the database for the other client.
+    with order_locked_elsewhere(warehouse_store, "o1"):
         task = asyncio.create_task(warehouse.release("o1"))
         await asyncio.sleep(0.2)
         task.cancel()
         await asyncio.sleep(0.2)
         still_waiting = not task.done()
-    finally:
-        other.execute("COMMIT")
-        other.close()
     # The thread cannot be stopped: the cancelled call waits until its transaction ends ...
     assert still_waiting
     with pytest.raises(asyncio.CancelledError):
@@ -363,7 +398,7 @@ from activities.warehouse import OutOfStock, WarehouseOrder
 from workflows.messages import OrderLine
 
 async def main(db, name, count):
-    warehouse = SimulatedWarehouse(Path(db), default_stock=30, step_seconds=0)
+    warehouse = SimulatedWarehouse(db, default_stock=30, step_seconds=0)
     reserved, refused, invoices = [], 0, []
     for i in range(count):
         order = WarehouseOrder(
@@ -385,8 +420,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-async def test_two_processes_share_the_stock(tmp_path: Path) -> None:
-    db = tmp_path / "shared" / "warehouse.db"
+async def test_two_processes_share_the_stock(warehouse_store: str | Path) -> None:
+    db = warehouse_store
+    if isinstance(db, Path):
+        db = db.parent / "shared" / "warehouse.db"
 
     # Both start on a missing file, so they also race to create the schema.
     def run_worker(name: str) -> dict[str, Any]:

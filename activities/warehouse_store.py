@@ -1,0 +1,214 @@
+"""Where the simulated warehouse keeps its tables: one SQLAlchemy engine per database URL.
+
+A SQLite file (the default, no setup) is shared by the worker processes of one host; PostgreSQL
+(`WAREHOUSE_URL=postgresql+psycopg://...`) by workers on many hosts. The warehouse's rules are the
+same on both; what differs is how a transaction gets exclusive access to what it reads:
+
+- SQLite: every transaction is `BEGIN IMMEDIATE` (the file's one write lock, taken up front, so two
+  processes cannot both read the same stock and then both write), in WAL mode so readers run beside
+  the writer, with a busy timeout so that the losers wait instead of fail.
+- PostgreSQL: `READ COMMITTED` with row locks (`SELECT ... FOR UPDATE` on the order, conditional
+  `UPDATE`s on stock), always taken in the same order (order, invoice sequence, stock rows by SKU)
+  so that two transactions cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import URL, make_url
+
+BUSY_TIMEOUT_SECONDS = 30.0
+# The execution option that marks a connection as only reading (no write lock on SQLite).
+READ_ONLY = "warehouse_reads_only"
+# Serializes schema creation among processes that start on an empty PostgreSQL database at once.
+_SCHEMA_LOCK_KEY = 0x5E11E4
+
+# Quantities and cents as 64-bit integers; SQLite's INTEGER is 64-bit already, and only a column
+# declared exactly INTEGER becomes its rowid alias.
+Quantity = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+stock = Table(
+    "stock",
+    metadata,
+    Column("sku", Text, primary_key=True),
+    Column("available", Quantity, nullable=False),
+    Column("reserved", Quantity, nullable=False),
+    Column("shipped", Quantity, nullable=False),
+    CheckConstraint("available >= 0", name="stock_available"),
+    CheckConstraint("reserved >= 0", name="stock_reserved"),
+    CheckConstraint("shipped >= 0", name="stock_shipped"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Quantity, primary_key=True, autoincrement=True),
+    Column("at", Text, nullable=False),
+    Column("order_id", Text),
+    Column("sku", Text, nullable=False),
+    Column("movement", Text, nullable=False),
+    Column("quantity", Quantity, nullable=False),
+    CheckConstraint(
+        "movement IN ('restock', 'reserve', 'release', 'ship')", name="ledger_movement"
+    ),
+    CheckConstraint("quantity >= 0", name="ledger_quantity"),
+    Index("ledger_order", "order_id"),
+    sqlite_autoincrement=True,
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("lines", Text, nullable=False),
+    Column("reserved_at", Text, nullable=False),
+    Column("released_at", Text),
+    Column("picked_at", Text),
+    Column("packed_at", Text),
+    Column("label_id", Text),
+    Column("courier", Text),
+    Column("tracking_number", Text),
+    Column("tracking_url", Text),
+    Column("label_created_at", Text),
+    Column("label_voided_at", Text),
+    Column("invoice_number", Text, unique=True),
+    Column("issuance_date", Text),
+    Column("invoice_value", Quantity),
+    Column("invoice_lines", Text),
+    CheckConstraint("state IN ('reserved', 'released', 'invoiced')", name="orders_state"),
+)
+
+sequences = Table(
+    "sequences",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Quantity, nullable=False),
+)
+
+
+def store_url(store: str | Path) -> URL:
+    """A SQLAlchemy URL from a URL string or from a SQLite file's path."""
+    if isinstance(store, Path) or "://" not in store:
+        return URL.create("sqlite", database=str(Path(store)))
+    url = make_url(store)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"WAREHOUSE_URL: {url.get_backend_name()!r} is not supported (sqlite or postgresql)"
+        )
+    if url.get_backend_name() == "postgresql" and url.drivername != "postgresql+psycopg":
+        # psycopg 3 is the driver the project installs; `postgresql://` means it too.
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(url: URL) -> Engine:
+    """The process's one engine (and connection pool) for `url`, its schema created."""
+    key = url.render_as_string(hide_password=False)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _pg_engine(url)
+            create_schema(engine)
+            _engines[key] = engine
+        return engine
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+    )
+
+    # SQLAlchemy's documented recipe: let the driver open no transaction of its own, and begin
+    # every one as IMMEDIATE (the write lock up front).
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        # A read (see `reading`) needs no lock: WAL gives it a snapshot beside the writer.
+        reads_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _pg_engine(url: URL) -> Engine:
+    # pool_pre_ping: a connection that died with a PostgreSQL restart is replaced, not used.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables if missing; safe when several processes start on one database at once."""
+    if engine.dialect.name == "sqlite":
+        _wal(engine)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+            )
+        metadata.create_all(connection)
+        connection.execute(
+            insert_ignore(engine, sequences, ["name"]).values(name="invoice", value=0)
+        )
+
+
+def _wal(engine: Engine) -> None:
+    # WAL is a property of the file: once set by any process it stays set. Switching needs the
+    # file to itself, and SQLite's busy timeout does not cover this pragma: when another process
+    # is creating the file too, wait for it here.
+    # The pragma cannot run inside a transaction: on the driver's connection, outside SQLAlchemy's.
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    connection = engine.raw_connection()
+    try:
+        while True:
+            try:
+                mode = connection.cursor().execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        connection.close()
+    if mode != "wal":
+        raise RuntimeError(f"SQLite refused WAL journal mode (got {mode!r})")
+
+
+def insert_ignore(engine: Engine, table: Table, keys: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO NOTHING` in the engine's dialect."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
