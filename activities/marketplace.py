@@ -172,25 +172,33 @@ class MarketplaceClient:
         try:
             return await self._post_checked(url, body)
         except (MarketplaceUnavailable, ApplicationError) as err:
-            if activity.in_activity():
-                kind = str(err.type) if isinstance(err, ApplicationError) else type(err).__name__
-                activity.metric_meter().create_counter(
-                    "seller_marketplace_call_failures", "Calls to the marketplace that failed"
-                ).add(1, {"kind": kind})
+            _count_failure(err)
             raise
+        except Exception as err:
+            # Neither the network nor the marketplace's answer (those are classified above): the
+            # URL or the body is one that no attempt can send (an invalid port, a name the
+            # resolver cannot encode). Retried, the step would never end.
+            failure = ApplicationError(
+                f"POST {url} cannot be sent: {_reason(err)}"[:300],
+                type="MarketplaceCallInvalid",
+                non_retryable=True,
+            )
+            _count_failure(failure)
+            raise failure from err
 
     async def _post_checked(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
         try:
-            refused = await self._hosts.refusal_when_sending(url)
+            checked = await self._hosts.check_when_sending(url)
         except ConnectionError as err:
             raise MarketplaceUnavailable(str(err)) from err
-        if refused:
+        if checked.refusal:
             raise ApplicationError(
-                f"not sent: {refused}", type="MarketplaceHostRefused", non_retryable=True
+                f"not sent: {checked.refusal}", type="MarketplaceHostRefused", non_retryable=True
             )
         headers = {"Accept": "application/json", **self._auth_headers}
+        request = self._http.build_request("POST", url, json=body, headers=headers)
         try:
-            response = await self._http.post(url, json=body, headers=headers)
+            response = await self._send(request, checked.addresses)
         except httpx.HTTPError as err:
             raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
@@ -226,9 +234,59 @@ class MarketplaceClient:
             date=_text_or_none(answer.get("date")),
         )
 
+    async def _send(self, request: httpx.Request, addresses: tuple[str, ...]) -> httpx.Response:
+        """Send `request` to the first of `addresses` that takes the connection, or by its host
+        name when there are none."""
+        if not addresses:
+            return await self._http.send(request)
+        for address in addresses[:-1]:
+            try:
+                return await self._http.send(pinned(request, address))
+            except httpx.ConnectError:
+                pass  # Nothing was sent: the name's next address may take it.
+        return await self._http.send(pinned(request, addresses[-1]))
+
     async def close(self) -> None:
         """Close the HTTP connections."""
         await self._http.aclose()
+
+
+def pinned(request: httpx.Request, address: str) -> httpx.Request:
+    """`request`, connecting to `address` instead of resolving its host name again.
+
+    The `Host` header (set from the name, with its port) stays, and for https the TLS name
+    (SNI, and what the certificate is verified against) is the host name, not the address.
+    """
+    extensions = dict(request.extensions)
+    headers = request.headers.copy()
+    if request.url.scheme == "https":
+        extensions["sni_hostname"] = request.url.raw_host.decode("ascii")
+        # httpx pools connections by address: kept open, this one (its certificate checked
+        # against this name) would carry a later call to another name at the same address.
+        headers["Connection"] = "close"
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(host=address),
+        headers=headers,
+        content=request.content,
+        extensions=extensions,
+    )
+
+
+def _count_failure(err: MarketplaceUnavailable | ApplicationError) -> None:
+    if activity.in_activity():
+        kind = str(err.type) if isinstance(err, ApplicationError) else type(err).__name__
+        activity.metric_meter().create_counter(
+            "seller_marketplace_call_failures", "Calls to the marketplace that failed"
+        ).add(1, {"kind": kind})
+
+
+def _reason(err: BaseException) -> str:
+    # A task group's error (httpx's connect with a port over 65535) says nothing; its first
+    # cause does.
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    return f"{type(err).__name__}: {err}"
 
 
 def _text_or_none(value: object) -> str | None:

@@ -6,7 +6,8 @@ would make the seller POST there with its app key and token. A host must match
 MARKETPLACE_ALLOWED_HOSTS (host names; `*.example.com` matches any subdomain of example.com, not
 example.com itself). Loopback, private, link-local, metadata and other non-public addresses are
 refused unless the host is listed exactly (not through a `*.`), both as an address in the URL and
-as what the name resolves to when a call is sent.
+as what the name resolves to when a call is sent; the call then goes to the address that was
+checked, not to whatever the name resolves to a moment later (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httpx
 
 # The domains VTEX serves marketplaces' services endpoints from: accounts' stores and OMS
 # (`{account}.vtexcommercestable.com.br`, `.vtexcommercebeta.com.br`), their admin and apps
@@ -29,6 +32,48 @@ DEFAULT_MARKETPLACE_HOSTS = (
 
 def _is_public(address: str) -> bool:
     return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _unsendable(url: str) -> str | None:
+    """Why httpx or the resolver would fail on `url` at every attempt; None if they would not.
+
+    Caught here, at placement, because a call that fails the same way each time is retried forever
+    and the order never ends.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as err:  # idna's errors are ValueErrors
+        return f"is not a valid URL ({err})"
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        return f"port {parsed.port} is not between 1 and 65535"
+    # IDNA-encoded (httpx does it for non-ASCII names), as it is resolved.
+    host = parsed.raw_host.decode("ascii").removesuffix(".")
+    if _is_address(host):
+        return None
+    if len(host) > 253:
+        return f"host name is {len(host)} characters long, over 253"
+    if any(not 1 <= len(label) <= 63 for label in host.split(".")):
+        return f"host {host[:100]} has an empty label or one over 63 characters"
+    return None
+
+
+@dataclass(frozen=True)
+class SendCheck:
+    """What `HostPolicy.check_when_sending` found: why not to send, or where to connect."""
+
+    refusal: str | None = None
+    # The public addresses the name resolved to, to connect to instead of the name: resolved again
+    # by the HTTP client, the name could answer another address. Empty when the host is listed
+    # exactly (trusted as it resolves).
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,13 +98,19 @@ class HostPolicy:
 
     def refusal(self, url: str) -> str | None:
         """Why `url` may not be called, from the URL alone; None if it may."""
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().rstrip(".")
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower().rstrip(".")
+        except ValueError:  # e.g. an unclosed `[`
+            return "must be an http(s) URL"
         if parts.scheme not in ("http", "https") or not host:
             return "must be an http(s) URL"
         # What parsers disagree on (whose host is `a@b`, or `a\@b`?) is refused, not guessed.
         if "@" in parts.netloc or "\\" in url or any(ord(c) <= 32 or ord(c) == 127 for c in url):
             return "must have no user info, backslash, space or control character"
+        unsendable = _unsendable(url)
+        if unsendable:
+            return unsendable
         if host in self.exact:
             return None
         if not host.endswith(self.suffixes):
@@ -71,19 +122,26 @@ class HostPolicy:
         # checked when a call is sent.
         return None
 
-    async def refusal_when_sending(self, url: str) -> str | None:
-        """`refusal`, plus what the host name resolves to now: only public addresses."""
+    async def check_when_sending(self, url: str) -> SendCheck:
+        """`refusal`, plus what the host name resolves to now: only public addresses.
+
+        Raises ConnectionError when the name does not resolve (worth another try).
+        """
         refused = self.refusal(url)
         host = (urlsplit(url).hostname or "").lower().rstrip(".")
         if refused or host in self.exact:
-            return refused
+            return SendCheck(refusal=refused)
+        name = httpx.URL(url).raw_host.decode("ascii")
         try:
             found = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM
+                name, None, type=socket.SOCK_STREAM
             )
         except OSError as err:
             raise ConnectionError(f"cannot resolve {host}: {err}") from err
-        private = sorted({str(info[4][0]) for info in found if not _is_public(str(info[4][0]))})
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in found))
+        private = sorted(address for address in addresses if not _is_public(address))
         if private:
-            return f"host {host} resolves to non-public addresses ({', '.join(private)})"
-        return None
+            return SendCheck(
+                refusal=f"host {host} resolves to non-public addresses ({', '.join(private)})"
+            )
+        return SendCheck(addresses=addresses)

@@ -448,15 +448,24 @@ class SimulatedWarehouse:
 
     def _release(self, order_id: str) -> bool:
         with self._transaction() as connection:
-            try:
-                row = self._order(connection, order_id)
-            except UnknownOrder:
+            at = _now()
+            # An order never reserved is recorded as released, holding nothing: a reservation
+            # that arrives after it (an attempt that outlived its worker's contact with Temporal)
+            # then finds it and reserves nothing.
+            tombstone = connection.execute(
+                store.insert_ignore(connection.engine, orders, ["order_id"])
+                .values(
+                    order_id=order_id, state="released", lines="[]", reserved_at=at, released_at=at
+                )
+                .returning(orders.c.order_id)
+            ).first()
+            if tombstone is not None:
                 return False
+            row = self._order(connection, order_id)
             if row.state == "invoiced":
                 raise AlreadyInvoiced(f"order {order_id} is invoiced: its stock is shipped")
             if row.state == "released":
                 return False
-            at = _now()
             self._move(connection, at, order_id, _LINES.validate_json(row.lines), "release")
             connection.execute(
                 update(orders)

@@ -131,7 +131,9 @@ class Warehouse(Protocol):
     async def release(self, order_id: str) -> bool:
         """Return the reserved stock; False if there was nothing left to release.
 
-        Raises `AlreadyInvoiced`.
+        Releasing an order that was never reserved must make a later `reserve` of it reserve
+        nothing: a reservation attempt can outlive its worker's contact with Temporal and commit
+        after the order gave up on it. Raises `AlreadyInvoiced`.
         """
         ...
 

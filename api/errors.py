@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,6 +97,26 @@ def field_path(loc: Sequence[Any]) -> str:
     return path or "body"
 
 
+# No body is read beyond this size: a larger one is refused before it is held in memory.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def read_json(request: Request) -> Any:
+    """The body's JSON (parse_json), read only up to MAX_BODY_BYTES: a larger one is refused
+    before it is held in memory, whether it says its size (`Content-Length`) or streams it."""
+    too_large = ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks), request.headers.get("content-type"))
+
+
 def parse_json(raw: bytes, content_type: str | None) -> Any:
     """The JSON of a request body, or the 4xx that says why it is not."""
     if content_type and "json" not in content_type.lower():
@@ -103,14 +124,39 @@ def parse_json(raw: bytes, content_type: str | None) -> Any:
     if not raw.strip():
         raise ApiError(400, "InvalidRequest", "the body is empty; a JSON object is expected")
     try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ApiError(400, "MalformedJson", f"the body is not valid JSON: {err}") from err
+        payload = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as err:
         raise too_deep() from err
+    except ValueError as err:
+        # Also an integer of more than 4,300 digits, which Python refuses to convert.
+        raise malformed(f"the body is not valid JSON: {err}") from err
     if nesting_depth(payload) > MAX_JSON_DEPTH:
         raise too_deep()
+    try:
+        # A lone UTF-16 surrogate ("\ud800") is valid JSON but no Unicode text: nothing after
+        # this (pydantic's JSON for Temporal, the answer) could encode it, and the order's
+        # workflow would start before the answer failed. Keys count too.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError as err:
+        raise malformed("the body holds a lone UTF-16 surrogate, which is not text") from err
     return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259), and no JSON answer could carry them back.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond what a JSON number holds")
+    return value
+
+
+def malformed(message: str) -> ApiError:
+    """The 400 of a body that is not JSON this service can read."""
+    return ApiError(400, "MalformedJson", message)
 
 
 # VTEX's bodies nest about five levels deep; far deeper is an attack on the parsers after ours.
@@ -119,9 +165,7 @@ MAX_JSON_DEPTH = 32
 
 def too_deep() -> ApiError:
     """The 400 of a body nested beyond MAX_JSON_DEPTH."""
-    return ApiError(
-        400, "MalformedJson", f"the body is nested more than {MAX_JSON_DEPTH} levels deep"
-    )
+    return malformed(f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
 def nesting_depth(value: Any) -> int:

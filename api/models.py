@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from workflows.durations import parse_duration
+from workflows.durations import check_lock_ttl
 from workflows.ids import ORDER_ID_PATTERN
 
 OrderIdText = Annotated[str, Field(pattern=ORDER_ID_PATTERN)]
@@ -27,6 +27,21 @@ MAX_QUANTITY = 1_000_000
 MAX_PRICE_CENTS = 10**12
 MAX_ITEMS = 1_000
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+
+# Every text the order's workflow keeps (the cancellation's fields, the shipping address, the
+# marketplace's URL) is bounded, far above what real orders carry: Temporal refuses a payload
+# over 2 MB, and the order's state holds some texts twice (a cancellation's reason is also its
+# status reason), so one long text under the 1 MiB body cap could make the order's result too
+# large to record, and its workflow task would fail forever.
+MAX_SHORT_TEXT = 256  # names, cities, codes, ids, an email address (at most 254 characters)
+# A street, an address's complement or reference, a cancellation's reason: a sentence or two for
+# people, room for a paragraph.
+MAX_TEXT = 1_000
+MAX_URL = 2_048  # the longest URL browsers and servers commonly take
+# Lists of an item (its bundle, attachments, price tags): real items carry a handful.
+MAX_ITEM_PARTS = 100
+ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class VtexModel(BaseModel):
@@ -79,10 +94,10 @@ class PlacementItem(VtexModel):
     freight_commission: SafeInt | None = None
     # Unit price in cents.
     price: int = Field(default=0, ge=0, le=MAX_PRICE_CENTS)
-    bundle_items: list[BundleItem] | None = None
-    items_attachment: list[ItemAttachment] | None = None
-    attachments: list[Any] | None = None
-    price_tags: list[PriceTag] | None = None
+    bundle_items: list[BundleItem] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
+    items_attachment: list[ItemAttachment] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
+    attachments: list[Any] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
+    price_tags: list[PriceTag] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
     measurement_unit: str | None = None
     unit_multiplier: SafeInt | None = None
     is_gift: bool | None = None
@@ -91,36 +106,37 @@ class PlacementItem(VtexModel):
 class ClientProfileData(VtexModel):
     """`orderPlacement.clientProfileData`."""
 
-    email: str
-    first_name: str
-    last_name: str
-    document_type: str
-    document: str
-    phone: str | None = None
-    corporate_name: str | None = None
-    trade_name: str | None = None
-    corporate_document: str | None = None
-    state_inscription: str | None = None
-    corporate_phone: str | None = None
+    email: ShortText
+    first_name: ShortText
+    last_name: ShortText
+    document_type: ShortText
+    document: ShortText
+    phone: ShortText | None = None
+    corporate_name: ShortText | None = None
+    trade_name: ShortText | None = None
+    corporate_document: ShortText | None = None
+    state_inscription: ShortText | None = None
+    corporate_phone: ShortText | None = None
     is_corporate: bool | None = False
 
 
 class Address(VtexModel):
     """`orderPlacement.shippingData.address`."""
 
-    address_type: str
-    receiver_name: str
-    address_id: str | None = None
-    postal_code: str
-    city: str
-    state: str
-    country: str
-    street: str
-    number: str
-    neighborhood: str
-    complement: str | None = None
-    reference: str | None = None
-    geo_coordinates: list[str] | None = None
+    address_type: ShortText
+    receiver_name: ShortText
+    address_id: ShortText | None = None
+    postal_code: ShortText
+    city: ShortText
+    state: ShortText
+    country: ShortText
+    street: Text
+    number: ShortText
+    neighborhood: ShortText
+    complement: Text | None = None
+    reference: Text | None = None
+    # Longitude and latitude; room for more.
+    geo_coordinates: list[ShortText] | None = Field(default=None, max_length=10)
 
 
 class DeliveryWindow(VtexModel):
@@ -146,7 +162,7 @@ class LogisticsInfo(VtexModel):
     @classmethod
     def _lock_ttl_is_a_duration(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_duration(value)
+            check_lock_ttl(value)
         return value
 
 
@@ -154,7 +170,8 @@ class ShippingData(VtexModel):
     """`orderPlacement.shippingData`."""
 
     address: Address | None = None
-    logistics_info: list[LogisticsInfo] | None = None
+    # One entry per item: its lockTTL costs a computation at each placement.
+    logistics_info: list[LogisticsInfo] | None = Field(default=None, max_length=MAX_ITEMS)
     update_status: str | None = None
 
 
@@ -174,7 +191,7 @@ class OrderPlacement(VtexModel):
 
     marketplace_order_id: OrderIdText
     # Where the invoice and tracking go; the spec leaves it optional, this seller needs it.
-    marketplace_services_endpoint: str
+    marketplace_services_endpoint: str = Field(max_length=MAX_URL)
     marketplace_payment_value: SafeInt | None = None
     items: list[PlacementItem] = Field(min_length=1, max_length=MAX_ITEMS)
     payment_data: dict[str, Any] | None = None
@@ -222,10 +239,19 @@ class RequestOrderId(VtexModel):
     """
 
     marketplace_order_id: OrderIdText
-    reason: str | None = None
-    cancellation_request_id: str | None = None
+    reason: Text | None = None
+    cancellation_request_id: ShortText | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
+
+    @field_validator("requested_by_user")
+    @classmethod
+    def _who_is_short(cls, value: bool | str | None) -> bool | str | None:
+        # Checked here rather than as a bounded str in the union: a union's error would name
+        # each of its members (`requestedByUser.bool`) instead of the field.
+        if isinstance(value, str) and len(value) > MAX_SHORT_TEXT:
+            raise ValueError(f"String should have at most {MAX_SHORT_TEXT} characters")
+        return value
 
 
 class ResponseOrderId(VtexModel):

@@ -8,6 +8,11 @@ orders of other tests on the same worker are not affected:
 - `stubborn-*`: pick finishes even when cancelled (a cancellation is a request, not a fact).
 - `damaged-*`: pick refuses for good (a SKU found damaged): `DamagedItem`.
 - `brokeninvoice-*`: issuing the invoice fails with a fault retrying cannot fix.
+- `committedanyway-*`: issuing the invoice commits even when cancelled, then reports the
+  cancellation; every later call (the workflow's fetch of what was committed) fails with a fault
+  retrying cannot fix.
+- `zombiereserve-*`: the reservation is refused as out of stock, while an earlier attempt (on a
+  worker cut off from Temporal) commits ZOMBIE_SECONDS later.
 
 The worker runs in the test's own event loop (tests/stack.py), so `started` lets a test wait
 until a slow call is under way.
@@ -20,13 +25,22 @@ from collections import defaultdict
 from pathlib import Path
 
 from activities.simulated_warehouse import SimulatedWarehouse
-from activities.warehouse import Invoice, Reservation, WarehouseError, WarehouseOrder
+from activities.warehouse import (
+    Invoice,
+    OutOfStock,
+    Reservation,
+    WarehouseError,
+    WarehouseOrder,
+)
 
 RELEASE_SECONDS = 2.0
 RESERVE_SECONDS = 1.5
+ZOMBIE_SECONDS = 1.5
 
 # (call, order_id) -> set once that call has started, e.g. started["release", "SLR-T1-01"].
 started: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+# ("zombie reserve", order_id) -> what the late reservation answered, once it has.
+finished: dict[tuple[str, str], Reservation] = {}
 
 
 class DamagedItem(WarehouseError):
@@ -41,6 +55,8 @@ class ScriptedWarehouse(SimulatedWarehouse):
     ) -> None:
         super().__init__(store_location, default_stock, step_seconds)
         self._skus: dict[str, list[str]] = {}
+        self._invoiced_anyway: set[str] = set()
+        self._zombies: set[asyncio.Task[None]] = set()
 
     async def reserve(self, order: WarehouseOrder) -> Reservation:
         """Remember the order's SKUs; reserve, slowly for `slowreserve-*`."""
@@ -48,7 +64,17 @@ class ScriptedWarehouse(SimulatedWarehouse):
         started["reserve", order.order_id].set()
         if self._has(order.order_id, "slowreserve-"):
             await asyncio.sleep(RESERVE_SECONDS)
+        if self._has(order.order_id, "zombiereserve-"):
+            zombie = asyncio.create_task(self._late_reserve(order))
+            self._zombies.add(zombie)  # (asyncio keeps only a weak reference to a task)
+            zombie.add_done_callback(self._zombies.discard)
+            raise OutOfStock(order.lines[0].sku, order.lines[0].quantity, 0)
         return await super().reserve(order)
+
+    async def _late_reserve(self, order: WarehouseOrder) -> None:
+        await asyncio.sleep(ZOMBIE_SECONDS)
+        late = await super().reserve(order)
+        finished["zombie reserve", order.order_id] = late
 
     async def pick(self, order_id: str) -> None:
         """Pick; `stubborn-*` finishes even when cancelled, `damaged-*` refuses."""
@@ -69,7 +95,25 @@ class ScriptedWarehouse(SimulatedWarehouse):
         """Issue the invoice; `brokeninvoice-*` fails with a fault retrying cannot fix."""
         if self._has(order.order_id, "brokeninvoice-"):
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        if self._has(order.order_id, "committedanyway-"):
+            return await self._invoice_despite_cancellation(order)
         return await super().issue_invoice(order)
+
+    async def _invoice_despite_cancellation(self, order: WarehouseOrder) -> Invoice:
+        if order.order_id in self._invoiced_anyway:
+            raise LookupError(f"the ERP lost track of the invoice of {order.order_id}")
+        started["invoice", order.order_id].set()
+        work = asyncio.ensure_future(super().issue_invoice(order))
+        cancelled = False
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cancelled = True  # Heard it; the ERP commits all the same.
+        self._invoiced_anyway.add(order.order_id)
+        if cancelled:
+            raise asyncio.CancelledError
+        return work.result()
 
     async def release(self, order_id: str) -> bool:
         """Release, slowly for `slowrelease-*`."""

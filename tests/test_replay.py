@@ -97,6 +97,29 @@ async def _invoice_refused_for_good(stack: Stack) -> str:
     return order_id
 
 
+async def _invoiced_then_refused_later(stack: Stack) -> str:
+    # Recorded with the refusal answered before the resend (`refusal-answers-before-resend`),
+    # which the marketplace refuses once.
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
+    stack.marketplace.fail_next("invoice", 1, status=409)
+    assert (await stack.cancel(order_id)).status_code == 409
+    await stack.wait_for(order_id, lambda o: o["invoice"]["resentCount"] == 1, within=20)
+    return order_id
+
+
+async def _refused_for_stock(stack: Stack) -> str:
+    # Recorded with the release after a failed reservation (`release-after-failed-reservation`).
+    order_id = new_order_id()
+    body = placement_example(order_id, stack.endpoint)
+    body["items"][0]["quantity"] = 5000  # more than the default stock
+    assert (await stack.http.post("/pvt/orders", json=body)).status_code == 409
+    await stack.wait_for(order_id, lambda o: o["status"] == "canceled")
+    return order_id
+
+
 async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     histories: dict[str, WorkflowHistory] = {}
     async with running_stack(
@@ -114,6 +137,8 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "step_failed_for_good": _step_failed_for_good,
             "operator_canceled_mid_step": _operator_canceled_mid_step,
             "invoice_refused_for_good": _invoice_refused_for_good,
+            "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
+            "refused_for_stock": _refused_for_stock,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)

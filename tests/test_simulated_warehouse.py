@@ -188,9 +188,27 @@ async def test_unknown_order(warehouse: SimulatedWarehouse) -> None:
         await warehouse.create_label(order("nope", ("A", 1, 0)))
     with pytest.raises(UnknownOrder):
         await warehouse.issue_invoice(order("nope", ("A", 1, 0)))
-    assert await warehouse.release("nope") is False
     assert await warehouse.void_label("nope") is False
     assert await warehouse.order_record("nope") is None
+    assert await warehouse.release("nope") is False
+
+
+async def test_a_reservation_after_its_release_reserves_nothing(
+    warehouse: SimulatedWarehouse,
+) -> None:
+    # An order gave up on its reservation (its attempt failed, it was canceled) and released it;
+    # an earlier attempt, cut off from Temporal, commits only now.
+    assert await warehouse.release("o1") is False
+    late = await warehouse.reserve(order("o1", ("A", 4, 0)))
+
+    assert late.lines == []
+    a = await warehouse.stock_level("A")
+    assert (a.available, a.reserved) == (0, 0)  # Never even created: nothing moved.
+    assert await warehouse.ledger("o1") == []
+    record = await warehouse.order_record("o1")
+    assert record is not None and record["state"] == "released"
+    with pytest.raises(OrderReleased):
+        await warehouse.issue_invoice(order("o1", ("A", 4, 0)))
 
 
 async def test_label_is_idempotent_and_voided_once(warehouse: SimulatedWarehouse) -> None:

@@ -90,6 +90,11 @@ WAREHOUSE_RETRY = RetryPolicy(
 # with the error shown as the order's `attention`, until someone fixes the warehouse.
 COMPENSATION_RETRY_AFTER = timedelta(minutes=1)
 
+# workflow.patched() ids: each names a change that adds commands to histories recorded before it.
+RELEASE_AFTER_FAILED_RESERVATION = "release-after-failed-reservation"
+COMMITTED_INVOICE_FETCH_RETRIED = "committed-invoice-fetch-retried"
+REFUSAL_ANSWERS_BEFORE_RESEND = "refusal-answers-before-resend"
+
 # The transitions counted in the `seller_orders` metric, by the name of their event.
 COUNTED_EVENTS = {
     OrderStatus.PLACED: "placed",
@@ -164,6 +169,8 @@ class OrderWorkflow:
         self._closes_at: datetime | None = None
         self._close_early = False
         self._published: dict[str, object] = {}
+        # The invoice sent again to refuse a cancellation, running beside the order's life.
+        self._invoice_resend: asyncio.Task[None] | None = None
 
     # ── The order's life ────────────────────────────────────────────────────────────────────
 
@@ -175,6 +182,7 @@ class OrderWorkflow:
         await self._until(life.done)
         await life  # A bug in the life fails the workflow task here, to be fixed and replayed.
         await self._stay_open_for_late_calls()
+        await self._until(lambda: self._invoice_resend is None or self._invoice_resend.done())
         await self._until(workflow.all_handlers_finished)
         return self.order()
 
@@ -231,10 +239,20 @@ class OrderWorkflow:
                 summary=f"reserve stock for {self._order.order_id}",
             )
         except ActivityError as err:
-            # All or nothing: a reservation that failed holds nothing, so nothing is undone.
             refusal = refusal_type(err)
+            reason = failure_text(err)
+            if workflow.patched(RELEASE_AFTER_FAILED_RESERVATION):
+                # The placement is answered now: the stock could not be reserved.
+                self._reserve_refusal = refusal if refusal == "OutOfStock" else "ReservationFailed"
+                if self._status == OrderStatus.RESERVING:
+                    self._move(OrderStatus.CANCELING, reason)
+                # The attempt that failed holds nothing (all or nothing), but an earlier attempt,
+                # on a worker cut off from Temporal, may still commit. The release settles it: it
+                # gives back what such an attempt took, or marks the order released first so
+                # that the attempt reserves nothing.
+                await self._run_compensation(FulfillmentActivities.release_stock)
             self._reserve_refusal = refusal if refusal == "OutOfStock" else "ReservationFailed"
-            self._move(OrderStatus.CANCELED, failure_text(err))
+            self._move(OrderStatus.CANCELED, reason)
             return
         self._reserved_at = reservation.reserved_at
         self._lock_expires_at = self._order.placed_at + self._lock_ttl
@@ -339,17 +357,7 @@ class OrderWorkflow:
             await self._run_compensation(FulfillmentActivities.release_stock)
         except ActivityError:  # AlreadyInvoiced: the only failure _run_compensation lets out
             workflow.logger.info("order %s: invoiced before the cancel", self._order.order_id)
-            # Issuing is idempotent: this fetches the invoice the warehouse committed.
-            self._set_invoice(
-                await workflow.execute_activity_method(
-                    FulfillmentActivities.issue_invoice,
-                    self._warehouse_order,
-                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=WAREHOUSE_RETRY,
-                    summary=f"invoice {self._order.order_id} (already issued)",
-                )
-            )
+            self._set_invoice(await self._committed_invoice())
             self._move(OrderStatus.INVOICED, self._invoiced_despite_cancellation())
             return
         if any(step.name == FulfillmentStep.SHIP for step in self._steps):
@@ -357,6 +365,37 @@ class OrderWorkflow:
         if self._cancellation is not None:
             self._cancellation.outcome = "confirmed"
         self._move(OrderStatus.CANCELED)
+
+    async def _committed_invoice(self) -> Invoice:
+        """The invoice the warehouse committed while a cancellation tried to stop it.
+
+        Issuing is idempotent: this fetches it. The stock is shipped, so the order is sold and
+        its invoice must reach the marketplace: a fetch that fails is shown as the order's
+        `attention` and tried again, never let out (it would fail the whole workflow).
+        """
+        while True:
+            try:
+                invoice: Invoice = await workflow.execute_activity_method(
+                    FulfillmentActivities.issue_invoice,
+                    self._warehouse_order,
+                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    summary=f"invoice {self._order.order_id} (already issued)",
+                )
+            except ActivityError as err:
+                if not workflow.patched(COMMITTED_INVOICE_FETCH_RETRIED):
+                    raise
+                self._attention = (
+                    f"issue_invoice (fetching the committed invoice) failed: {failure_text(err)};"
+                    f" trying again every {COMPENSATION_RETRY_AFTER}"
+                )
+                workflow.logger.error("order %s: %s", self._order.order_id, self._attention)
+                self._show()
+                await workflow.sleep(COMPENSATION_RETRY_AFTER, summary="invoice fetch failed")
+                continue
+            self._attention = None
+            return invoice
 
     async def _run_compensation(self, activity: Callable[..., Any]) -> None:
         """Run a compensation until it is done; only `AlreadyInvoiced` is let out.
@@ -605,22 +644,46 @@ class OrderWorkflow:
         self._reject_other_order(request.marketplace_order_id)
 
     async def _refuse_cancellation(self) -> None:
-        """Send the invoice again, which is how a seller refuses, then fail the update."""
+        """Send the invoice again, which is how a seller refuses, and fail the update.
+
+        The refusal is answered at once; the invoice goes out beside it, for as long as the
+        marketplace takes to accept it (`run` waits for it before the workflow closes). Waiting
+        for the send first would leave the marketplace with "still evaluating" for as long as it
+        refuses the invoice.
+        """
         assert self._invoice is not None and self._invoice_view is not None
         if self._cancellation is not None:
             self._cancellation.outcome = "refused"
         workflow.logger.info("order %s: cancellation refused, invoiced", self._order.order_id)
-        try:
-            await self._send_invoice()
-            self._invoice_view.resent_count += 1
-        except ActivityError as err:
-            self._invoice_view.send_error = failure_text(err)
+        if workflow.patched(REFUSAL_ANSWERS_BEFORE_RESEND):
+            if self._invoice_resend is None:
+                self._invoice_resend = asyncio.create_task(self._resend_invoice())
+        else:
+            try:
+                await self._send_invoice()
+                self._invoice_view.resent_count += 1
+            except ActivityError as err:
+                self._invoice_view.send_error = failure_text(err)
         raise ApplicationError(
             f"order {self._order.order_id} is invoiced ({self._invoice.invoice_number}) and can no "
             "longer be canceled; the invoice was sent to the marketplace again",
             type="OrderInvoiced",
             non_retryable=True,
         )
+
+    async def _resend_invoice(self) -> None:
+        """The invoice again; once taken, it counts as delivered whatever earlier sends met."""
+        view = self._invoice_view
+        assert view is not None
+        try:
+            await self._send_invoice()
+        except ActivityError as err:
+            view.send_error = failure_text(err)
+        else:
+            view.resent_count += 1
+            view.send_error = None
+            view.sent_at = view.sent_at or workflow.now()
+        self._show()
 
     # ── The query: the order as people see it ─────────────────────────────────────────────
 

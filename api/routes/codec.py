@@ -8,15 +8,15 @@ the order endpoints.
 
 from __future__ import annotations
 
-from typing import Any
-
+from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payloads
 
 from api.deps import SettingsDep, require_vtex_credentials
-from api.errors import ApiError
+from api.errors import ApiError, read_json
 from codec import EncryptionCodec
 
 router = APIRouter(
@@ -25,8 +25,11 @@ router = APIRouter(
 
 
 async def _payloads(request: Request) -> Payloads:
+    # The same bounded reader as the order endpoints: size cap, depth cap, no 500 on odd JSON.
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "InvalidRequest", "body: Temporal Payloads, a JSON object, expected")
     try:
-        body: Any = await request.json()
         return json_format.ParseDict(body, Payloads(), ignore_unknown_fields=True)
     except (ValueError, json_format.ParseError) as err:
         raise ApiError(400, "InvalidRequest", f"expected Temporal Payloads as JSON: {err}") from err
@@ -45,8 +48,11 @@ async def decode(request: Request, settings: SettingsDep) -> JSONResponse:
     payloads = await _payloads(request)
     try:
         decoded = await codec.decode(payloads.payloads)
-    except ValueError as err:
-        raise ApiError(400, "InvalidRequest", str(err)) from err
+    except InvalidTag as err:
+        # Not sealed by this key (or altered): cryptography says so without a message.
+        raise ApiError(400, "InvalidRequest", "a payload does not decrypt with its key") from err
+    except (ValueError, DecodeError) as err:
+        raise ApiError(400, "InvalidRequest", f"a payload cannot be decoded: {err}") from err
     return JSONResponse(json_format.MessageToDict(Payloads(payloads=decoded)))
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from activities.marketplace_hosts import HostPolicy
 from api import order_calls
 from api.deps import ClientDep, SettingsDep, require_vtex_credentials
-from api.errors import ApiError, parse_json, validation_error
+from api.errors import ApiError, read_json, validation_error
 from api.models import (
     ErrorBody,
     ErrorDetail,
@@ -48,7 +48,6 @@ OrderIdPath = Annotated[
     str,
     Path(alias="orderId", description="The seller orderId (or the marketplaceOrderId)."),
 ]
-MAX_BODY_BYTES = 1024 * 1024
 
 
 class OrderDetails(OrderView):
@@ -60,22 +59,6 @@ class OrderDetails(OrderView):
 def _body_request(schema_name: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{schema_name}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
-
-
-async def _read_json(request: Request) -> Any:
-    """The body's JSON, read only up to MAX_BODY_BYTES: a larger one is refused before it is
-    held in memory, whether it says its size (`Content-Length`) or streams it."""
-    too_large = ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks), request.headers.get("content-type"))
 
 
 def _validate(model: type[M], payload: Any) -> M:
@@ -116,7 +99,7 @@ async def order_placement(
     Accepts the `orderPlacement` object or a one-element array of it, and answers in the same
     form. Repeating a placement answers the same `orderId` and starts nothing new.
     """
-    payload = await _read_json(request)
+    payload = await read_json(request)
     as_list = isinstance(payload, list)
     if as_list:
         if len(payload) != 1:
@@ -181,7 +164,7 @@ async def authorize_fulfillment(
     order_id: OrderIdPath, request: Request, client: ClientDep, settings: SettingsDep
 ) -> ResponseOrderId:
     """Start the order's fulfillment. A retry answers the same `receipt` and `date`."""
-    body = _validate(RequestOrderId, await _read_json(request))
+    body = _validate(RequestOrderId, await read_json(request))
     receipt = await order_calls.dispatch_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
@@ -214,7 +197,7 @@ async def cancel_order(
 ) -> Response:
     """Cancel the order: confirm (200 with the receipt), evaluate (200, empty body: still
     aborting; call again) or refuse (409 once invoiced; the invoice is sent again)."""
-    body = _validate(RequestOrderId, await _read_json(request))
+    body = _validate(RequestOrderId, await read_json(request))
     receipt = await order_calls.cancel_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
