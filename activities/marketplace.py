@@ -242,7 +242,7 @@ class MarketplaceClient:
         for address in addresses[:-1]:
             try:
                 return await self._http.send(pinned(request, address))
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):
                 pass  # Nothing was sent: the name's next address may take it.
         return await self._http.send(pinned(request, addresses[-1]))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -42,6 +43,10 @@ def _is_address(host: str) -> bool:
     return True
 
 
+# What a DNS name is made of once IDNA-encoded (underscores appear in real records).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
 def _unsendable(url: str) -> str | None:
     """Why httpx or the resolver would fail on `url` at every attempt; None if they would not.
 
@@ -62,6 +67,8 @@ def _unsendable(url: str) -> str | None:
         return f"host name is {len(host)} characters long, over 253"
     if any(not 1 <= len(label) <= 63 for label in host.split(".")):
         return f"host {host[:100]} has an empty label or one over 63 characters"
+    if not _HOST_NAME.fullmatch(host):
+        return f"host {host[:100]!r} has characters no DNS name has"
     return None
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import TypeAdapter
 from sqlalchemy import Connection, Row, func, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from activities import warehouse_store as store
@@ -236,15 +236,19 @@ class SimulatedWarehouse:
                     await asyncio.wait({future})
             raise
 
-    @staticmethod
-    def _transient_as_unavailable(function: Callable[..., T], *args: Any) -> T:
+    def _transient_as_unavailable(self, function: Callable[..., T], *args: Any) -> T:
         try:
             return function(*args)
-        except (OperationalError, InterfaceError, PoolTimeout) as err:
+        except (OperationalError, InterfaceError, InternalError, PoolTimeout) as err:
             # A lock held past the timeout, a deadlock, a connection lost or refused, a full
-            # pool: a later try may well succeed. (A constraint or a value the column cannot
-            # hold is not transient: it ends the step.)
-            raise WarehouseUnavailable(f"warehouse database: {err}") from err
+            # pool, a server that is a read-only standby for a moment of failover: a later try
+            # may well succeed. (A constraint or a value the column cannot hold is not
+            # transient: it ends the step.) The message reaches Temporal and GET: never the
+            # database's password, which a driver may echo (e.g. from a URL it misparsed).
+            message = str(err).splitlines()[0]
+            if self.url.password:
+                message = message.replace(str(self.url.password), "***")
+            raise WarehouseUnavailable(f"warehouse database: {message}") from None
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -345,6 +349,10 @@ class SimulatedWarehouse:
             if inserted is None:
                 # Even a released order keeps its first answer: a late retry must not re-reserve.
                 row = self._order(connection, order.order_id)
+                if row.state == "released" and row.lines == "[]":
+                    raise OrderReleased(
+                        f"order {order.order_id} was released before it was ever reserved"
+                    )
                 return Reservation(
                     order_id=order.order_id,
                     lines=_LINES.validate_json(row.lines),

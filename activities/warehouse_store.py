@@ -161,9 +161,32 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
+# Bounds on what one warehouse call may wait for in PostgreSQL, which (unlike SQLite's busy
+# timeout) waits for a lock forever by default: a worker whose host dropped off the network while
+# it held the invoice sequence's row would stall every other worker's invoices until TCP gave up
+# (hours). Past a bound, the call fails with an OperationalError, which is transient: the activity
+# retries it, visibly. Keepalives let the server notice a vanished client within a minute or so.
+PG_SESSION_OPTIONS = (
+    "-c lock_timeout=15000 -c statement_timeout=60000 -c idle_in_transaction_session_timeout=60000"
+)
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "connect_timeout": 10,
+}
+
+
 def _pg_engine(url: URL) -> Engine:
     # pool_pre_ping: a connection that died with a PostgreSQL restart is replaced, not used.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"options": PG_SESSION_OPTIONS, **PG_KEEPALIVES},
+    )
 
 
 def create_schema(engine: Engine) -> None:

@@ -101,17 +101,17 @@ def field_path(loc: Sequence[Any]) -> str:
 MAX_BODY_BYTES = 1024 * 1024
 
 
-async def read_json(request: Request) -> Any:
-    """The body's JSON (parse_json), read only up to MAX_BODY_BYTES: a larger one is refused
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The body's JSON (parse_json), read only up to `limit` bytes: a larger one is refused
     before it is held in memory, whether it says its size (`Content-Length`) or streams it."""
-    too_large = ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
+    too_large = ApiError(413, "PayloadTooLarge", f"the body is over {limit} bytes")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             raise too_large
         chunks.append(chunk)
     return parse_json(b"".join(chunks), request.headers.get("content-type"))

@@ -84,7 +84,15 @@ def order_input(placement: OrderPlacement, settings: Settings, received_at: date
             for item in placement.items
         ],
         freight_value=sum(info.price for info in logistics),
-        shipping_address=address.model_dump(mode="json", exclude_none=True) if address else None,
+        # Only the fields VTEX defines: unknown ones would ride, unbounded but by the body's size,
+        # in every warehouse activity's input and in the history.
+        shipping_address=(
+            address.model_dump(
+                mode="json", exclude_none=True, exclude=set(address.model_extra or {})
+            )
+            if address
+            else None
+        ),
         placed_at=received_at,
         lock_ttl_seconds=lock_ttl.total_seconds(),
         late_call_window_seconds=parse_duration(settings.late_call_window).total_seconds(),

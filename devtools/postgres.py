@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -186,8 +187,13 @@ class TemporaryPostgres:
         self.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
-    """Start one, print its warehouse URL, stop it on Ctrl-C."""
+    """Start one, print its warehouse URL, stop it on Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _interrupt)
     with TemporaryPostgres() as server:
         print(f"WAREHOUSE_URL={server.create_database('warehouse')}", flush=True)
         try:

@@ -12,7 +12,8 @@ orders of other tests on the same worker are not affected:
   cancellation; every later call (the workflow's fetch of what was committed) fails with a fault
   retrying cannot fix.
 - `zombiereserve-*`: the reservation is refused as out of stock, while an earlier attempt (on a
-  worker cut off from Temporal) commits ZOMBIE_SECONDS later.
+  worker cut off from Temporal) commits later: once the order's release has ended, or after
+  ZOMBIE_SECONDS if none comes.
 
 The worker runs in the test's own event loop (tests/stack.py), so `started` lets a test wait
 until a slow call is under way.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from contextlib import suppress
 from pathlib import Path
 
 from activities.simulated_warehouse import SimulatedWarehouse
@@ -35,12 +37,14 @@ from activities.warehouse import (
 
 RELEASE_SECONDS = 2.0
 RESERVE_SECONDS = 1.5
-ZOMBIE_SECONDS = 1.5
+ZOMBIE_SECONDS = 10.0
 
 # (call, order_id) -> set once that call has started, e.g. started["release", "SLR-T1-01"].
 started: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
-# ("zombie reserve", order_id) -> what the late reservation answered, once it has.
-finished: dict[tuple[str, str], Reservation] = {}
+# ("zombie reserve", order_id) -> what the late reservation answered (or raised), once it has.
+finished: dict[tuple[str, str], Reservation | Exception] = {}
+# (call, order_id) -> set once that call has ended, e.g. ended["release", "SLR-T1-01"].
+ended: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
 
 
 class DamagedItem(WarehouseError):
@@ -72,9 +76,12 @@ class ScriptedWarehouse(SimulatedWarehouse):
         return await super().reserve(order)
 
     async def _late_reserve(self, order: WarehouseOrder) -> None:
-        await asyncio.sleep(ZOMBIE_SECONDS)
-        late = await super().reserve(order)
-        finished["zombie reserve", order.order_id] = late
+        with suppress(TimeoutError):
+            await asyncio.wait_for(ended["release", order.order_id].wait(), ZOMBIE_SECONDS)
+        try:
+            finished["zombie reserve", order.order_id] = await super().reserve(order)
+        except WarehouseError as refused:
+            finished["zombie reserve", order.order_id] = refused
 
     async def pick(self, order_id: str) -> None:
         """Pick; `stubborn-*` finishes even when cancelled, `damaged-*` refuses."""
@@ -120,7 +127,10 @@ class ScriptedWarehouse(SimulatedWarehouse):
         started["release", order_id].set()
         if self._has(order_id, "slowrelease-"):
             await asyncio.sleep(RELEASE_SECONDS)
-        return await super().release(order_id)
+        try:
+            return await super().release(order_id)
+        finally:
+            ended["release", order_id].set()
 
     def _has(self, order_id: str, prefix: str) -> bool:
         return any(sku.startswith(prefix) for sku in self._skus.get(order_id, []))

@@ -351,12 +351,21 @@ async def test_5_a_codec_body_that_is_not_payloads_is_a_400(
 
 
 @pytest.mark.parametrize("path", CODEC_PATHS)
-async def test_5_a_codec_body_over_1_mib_is_a_413(stack: Stack, path: str) -> None:
-    plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b"1" * 800_000)}
+async def test_5_a_codec_body_over_8_mib_is_a_413(stack: Stack, path: str) -> None:
+    plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b"1" * 6_500_000)}
 
     response = await post_raw(stack, path, {"payloads": [plain]})
 
     assert_error(response, 413, "PayloadTooLarge")
+
+
+async def test_5_the_codec_takes_a_payload_of_temporal_s_2_mb(stack: Stack) -> None:
+    # Bigger than an order body may be, as an order's history payloads can be.
+    plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b"1" * 2_000_000)}
+
+    response = await post_raw(stack, "/codec/encode", {"payloads": [plain]})
+
+    assert response.status_code == 200, response.text[:200]
 
 
 async def test_5_the_codec_still_encodes_and_decodes(stack: Stack) -> None:

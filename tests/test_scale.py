@@ -6,6 +6,7 @@ with its stock conserved."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from temporalio.client import Client
 from devtools.postgres import TemporaryPostgres
 from tests.stack import new_order_id
 from tests.test_crashes import (
+    STEPS,
     all_final,
     assert_stock,
     check_invariants,
@@ -23,7 +25,7 @@ from tests.test_crashes import (
     dispatch,
     place,
     processes,
-    worker_running_a_step,
+    steps_run_again,
 )
 from workflows import ids
 
@@ -40,12 +42,25 @@ async def activity_workers(client: Client, order_id: str) -> set[str]:
     }
 
 
+async def a_worker_running_a_step(client: Client, order_ids: list[str]) -> str:
+    """The identity of a worker running a fulfillment step of one of the orders, now."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for order_id in reversed(order_ids):  # the last dispatched first: likeliest mid-step
+            description = await client.get_workflow_handle(ids.workflow_id(order_id)).describe()
+            for pending in description.raw_description.pending_activities:
+                if pending.last_worker_identity and pending.activity_type.name in STEPS:
+                    return pending.last_worker_identity
+        await asyncio.sleep(0.05)
+    raise AssertionError("no order had a step running")
+
+
 async def test_three_workers_share_the_orders_and_survive_one_killed(
     tmp_path: Path, postgres: TemporaryPostgres
 ) -> None:
     warehouse_url = postgres.create_database("scale")
     async with (
-        processes(tmp_path, workers=3, step_seconds=0.5, warehouse_url=warehouse_url) as stack,
+        processes(tmp_path, workers=3, step_seconds=1.0, warehouse_url=warehouse_url) as stack,
         httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http,
     ):
         client = await connect(stack)
@@ -60,7 +75,7 @@ async def test_three_workers_share_the_orders_and_survive_one_killed(
         first, rest = order_ids[:30], order_ids[30:]
         await asyncio.gather(*(place_and_dispatch(order_id) for order_id in first))
         # Mid-flight: kill the worker running one of the orders' steps.
-        identity = await worker_running_a_step(client, first[-1])
+        identity = await a_worker_running_a_step(client, first)
         victim = next(w for w in stack.workers if identity.startswith(f"{w.pid}@"))
         victim.kill9()
         await asyncio.gather(*(place_and_dispatch(order_id) for order_id in rest))
@@ -70,6 +85,9 @@ async def test_three_workers_share_the_orders_and_survive_one_killed(
         for order_id in order_ids:
             by_worker.update(await activity_workers(client, order_id))
         assert len(by_worker) > 1, by_worker
-        assert identity in by_worker  # The killed one had worked before it died.
+        # What the killed worker was running ran again, after its heartbeat timeout, elsewhere.
+        rerun = [step for oid in first for step in await steps_run_again(client, oid)]
+        assert rerun, "no step was running on the killed worker"
+        assert all(who != identity for _, who in rerun), rerun
         await assert_stock(stack, shipped=ORDERS)
         await check_invariants(stack, client, ORDERS)

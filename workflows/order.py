@@ -182,8 +182,13 @@ class OrderWorkflow:
         await self._until(life.done)
         await life  # A bug in the life fails the workflow task here, to be fixed and replayed.
         await self._stay_open_for_late_calls()
-        await self._until(lambda: self._invoice_resend is None or self._invoice_resend.done())
-        await self._until(workflow.all_handlers_finished)
+        # One condition, so that no handler can start a resend between two checks.
+        await self._until(
+            lambda: (
+                (self._invoice_resend is None or self._invoice_resend.done())
+                and workflow.all_handlers_finished()
+            )
+        )
         return self.order()
 
     async def _live(self) -> None:
@@ -545,6 +550,10 @@ class OrderWorkflow:
         if is_final(self._status):
             self._close_early = True
             self._show()
+            return
+        if self._status == OrderStatus.CANCELING and self._cancellation is None:
+            # A failed reservation being released: it ends canceled, as asked; then it closes.
+            self._close_early = True
             return
         if self._cancellation is not None or self._status not in CANCEL_STARTS_IN:
             return  # Already being canceled, or expiring: nothing more to ask.

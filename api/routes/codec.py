@@ -24,9 +24,14 @@ router = APIRouter(
 )
 
 
+# The Temporal UI sends whole payloads, which Temporal allows up to 2 MB each (an order's input
+# nears 1 MiB before encryption and base64): room for a few of them, still bounded.
+CODEC_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
 async def _payloads(request: Request) -> Payloads:
     # The same bounded reader as the order endpoints: size cap, depth cap, no 500 on odd JSON.
-    body = await read_json(request)
+    body = await read_json(request, CODEC_MAX_BODY_BYTES)
     if not isinstance(body, dict):
         raise ApiError(400, "InvalidRequest", "body: Temporal Payloads, a JSON object, expected")
     try:
