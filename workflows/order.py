@@ -664,10 +664,12 @@ class OrderWorkflow:
         if self._cancellation is not None:
             self._cancellation.outcome = "refused"
         workflow.logger.info("order %s: cancellation refused, invoiced", self._order.order_id)
+        resend = "the invoice is being sent to the marketplace again"
         if workflow.patched(REFUSAL_ANSWERS_BEFORE_RESEND):
             if self._invoice_resend is None:
                 self._invoice_resend = asyncio.create_task(self._resend_invoice())
         else:
+            resend = "the invoice was sent to the marketplace again"
             try:
                 await self._send_invoice()
                 self._invoice_view.resent_count += 1
@@ -675,7 +677,7 @@ class OrderWorkflow:
                 self._invoice_view.send_error = failure_text(err)
         raise ApplicationError(
             f"order {self._order.order_id} is invoiced ({self._invoice.invoice_number}) and can no "
-            "longer be canceled; the invoice was sent to the marketplace again",
+            f"longer be canceled; {resend}",
             type="OrderInvoiced",
             non_retryable=True,
         )
