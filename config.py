@@ -85,8 +85,17 @@ class Settings(BaseSettings):
     warehouse_url: str = Field(default="", repr=False)
     # That SQLite file; defaults to $DATA_DIR/warehouse.db.
     warehouse_db: Path | None = None
-    # Stock a SKU the simulated warehouse has never seen starts with.
-    default_stock: int = Field(default=1000, ge=0)
+    # Unset: a SKU the catalog (activities/catalog.py) does not list is unknown. Set (for demos
+    # and black-box tests): an unseen SKU is sold, starting with this stock.
+    default_stock: int | None = Field(default=None, ge=0)
+    # The shipping table the fulfillment simulation answers from (api/shipping.py); default:
+    # catalog/shipping.json.
+    shipping_table: Path | None = None
+    # What the simulated warehouse refuses for good, to try the seller's cancellation (the step
+    # fails, the order is compensated, the marketplace told): SKUs found damaged at pick, and
+    # postal codes (by prefix) its carrier refuses; both comma-separated.
+    warehouse_damaged_skus: str = ""
+    carrier_refused_postal_codes: str = ""
     # How long each simulated step (pick, pack, ship, invoice) takes.
     fulfillment_step_seconds: float = Field(default=2.0, ge=0)
 
@@ -120,6 +129,11 @@ class Settings(BaseSettings):
     def warehouse_store(self) -> str | Path:
         """The simulated warehouse's database: WAREHOUSE_URL, or else its SQLite file."""
         return self.warehouse_url or self.warehouse_db or self.data_dir / "warehouse.db"
+
+    @property
+    def shipping_table_path(self) -> Path:
+        """SHIPPING_TABLE, or the sample table in catalog/."""
+        return self.shipping_table or Path(__file__).resolve().parent / "catalog" / "shipping.json"
 
     @property
     def seller_auth_enabled(self) -> bool:

@@ -36,6 +36,7 @@ from activities.warehouse import (
     Reservation,
     ShippingLabel,
     UnknownOrder,
+    WarehouseError,
     WarehouseOrder,
     WarehouseUnavailable,
 )
@@ -58,6 +59,45 @@ _MOVES = {
     "release": ("reserved", "available"),
     "ship": ("reserved", "shipped"),
 }
+
+
+class DamagedItem(WarehouseError):
+    """A SKU was found damaged on the shelf at pick: the order cannot be fulfilled."""
+
+
+class CarrierRefused(WarehouseError):
+    """The carrier does not deliver to the order's postal code: no label can be bought."""
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """What the simulated warehouse refuses for good, so that a seller's cancellation (a step
+    that fails, the order compensated and the marketplace told) can be tried by hand and tested.
+    """
+
+    # SKUs found damaged at pick.
+    damaged_skus: frozenset[str] = frozenset()
+    # Postal codes (digits, by prefix) the carrier refuses when the label is bought.
+    refused_postal_codes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, damaged_skus: str, refused_postal_codes: str) -> Refusals:
+        """From the comma-separated settings."""
+        return cls(
+            damaged_skus=frozenset(s.strip() for s in damaged_skus.split(",") if s.strip()),
+            refused_postal_codes=tuple(
+                _digits(code) for code in refused_postal_codes.split(",") if _digits(code)
+            ),
+        )
+
+    def carrier_refuses(self, postal_code: object) -> bool:
+        """Whether the carrier refuses that postal code."""
+        digits = _digits(postal_code) if isinstance(postal_code, str) else ""
+        return bool(digits) and any(digits.startswith(p) for p in self.refused_postal_codes)
+
+
+def _digits(text: str) -> str:
+    return "".join(character for character in text if character.isdigit())
 
 
 @dataclass(frozen=True)
@@ -108,19 +148,27 @@ class SimulatedWarehouse:
     """A warehouse in a SQLite file or a PostgreSQL database shared by every worker."""
 
     def __init__(
-        self, store_location: str | Path, default_stock: int = 1000, step_seconds: float = 2.0
+        self,
+        store_location: str | Path,
+        default_stock: int | None = None,
+        step_seconds: float = 2.0,
+        refusals: Refusals | None = None,
     ) -> None:
         """Use (and create on first call) the warehouse's tables.
 
         Args:
             store_location: A SQLAlchemy URL (`sqlite:///...`, `postgresql+psycopg://...`) or a
                 SQLite file's path; a SQLite file's directory is created if missing.
-            default_stock: Stock a SKU starts with the first time it is reserved or restocked.
+            default_stock: Stock a SKU the catalog does not list starts with, the first time it
+                is reserved or restocked; None (the default): such a SKU has no stock, so it
+                cannot be reserved (activities/catalog.py).
             step_seconds: How long pick, pack, create_label and issue_invoice take.
+            refusals: What pick and create_label refuse for good (none by default).
         """
         self.url = store.store_url(store_location)
         self.default_stock = default_stock
         self.step_seconds = step_seconds
+        self.refusals = refusals or Refusals()
         if self.db_path is not None:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -131,6 +179,9 @@ class SimulatedWarehouse:
             settings.warehouse_store,
             default_stock=settings.default_stock,
             step_seconds=settings.fulfillment_step_seconds,
+            refusals=Refusals.parse(
+                settings.warehouse_damaged_skus, settings.carrier_refused_postal_codes
+            ),
         )
 
     @property
@@ -153,7 +204,12 @@ class SimulatedWarehouse:
         return await self._call(self._reserve, order)
 
     async def pick(self, order_id: str) -> None:
-        """Pick the order's items. Raises `UnknownOrder` if it was never reserved."""
+        """Pick the order's items.
+
+        Raises:
+            UnknownOrder: The order was never reserved.
+            DamagedItem: One of its SKUs is among the refusals' damaged ones.
+        """
         await asyncio.sleep(self.step_seconds)
         await self._call(self._record_step, order_id, "picked_at")
 
@@ -167,8 +223,15 @@ class SimulatedWarehouse:
 
         Raises:
             UnknownOrder: The order was never reserved.
+            CarrierRefused: The carrier refuses the order's postal code (the refusals).
         """
         await asyncio.sleep(self.step_seconds)
+        address = order.shipping_address or {}
+        if self.refusals.carrier_refuses(address.get("postalCode")):
+            raise CarrierRefused(
+                f"order {order.order_id}: the carrier does not deliver to postal code "
+                f"{address.get('postalCode')}"
+            )
         return await self._call(self._create_label, order.order_id)
 
     async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
@@ -199,7 +262,8 @@ class SimulatedWarehouse:
     # Helpers for tests and people
 
     async def restock(self, sku: str, quantity: int) -> StockLevel:
-        """Add `quantity` available units of `sku` (after its `default_stock`, if it is new)."""
+        """Add `quantity` available units of `sku` (after its `default_stock`, if it is new and
+        there is one)."""
         if quantity < 0:
             raise ValueError("restock adds stock: quantity must not be negative")
         return await self._call(self._restock, sku, quantity)
@@ -276,7 +340,9 @@ class SimulatedWarehouse:
         return row
 
     def _ensure_stock_row(self, connection: Connection, sku: str, at: str) -> None:
-        """Create the SKU's stock with `default_stock` if it is new."""
+        """Create the SKU's stock with `default_stock` if it is new (and there is one)."""
+        if self.default_stock is None:
+            return  # Only a catalog load gives a SKU stock.
         created = connection.execute(
             store.insert_ignore(connection.engine, stock, ["sku"])
             .values(sku=sku, available=self.default_stock, reserved=0, shipped=0)
@@ -376,7 +442,16 @@ class SimulatedWarehouse:
 
     def _record_step(self, order_id: str, column: str) -> None:
         with self._transaction() as connection:
-            self._order_to_fulfill(connection, order_id)
+            row = self._order_to_fulfill(connection, order_id)
+            if column == "picked_at":
+                damaged = sorted(
+                    {line.sku for line in _LINES.validate_json(row.lines)}
+                    & self.refusals.damaged_skus
+                )
+                if damaged:
+                    raise DamagedItem(
+                        f"order {order_id}: SKU {', '.join(damaged)} found damaged at pick"
+                    )
             connection.execute(
                 update(orders)
                 .where(orders.c.order_id == order_id)
@@ -499,6 +574,11 @@ class SimulatedWarehouse:
         with self._transaction() as connection:
             at = _now()
             self._ensure_stock_row(connection, sku, at)
+            connection.execute(  # a SKU no default stock created starts at zero
+                store.insert_ignore(connection.engine, stock, ["sku"]).values(
+                    sku=sku, available=0, reserved=0, shipped=0
+                )
+            )
             connection.execute(
                 update(stock)
                 .where(stock.c.sku == sku)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Connection,
     Engine,
     Index,
     Integer,
@@ -48,6 +49,11 @@ Quantity = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
+# What moves stock: `restock` adds available units and `writeoff` takes them away (both from a
+# catalog load or by hand); reserve, release and ship move units between the columns.
+MOVEMENTS = ("restock", "writeoff", "reserve", "release", "ship")
+_MOVEMENT_LIST = ", ".join(f"'{movement}'" for movement in MOVEMENTS)
+
 stock = Table(
     "stock",
     metadata,
@@ -69,9 +75,7 @@ ledger = Table(
     Column("sku", Text, nullable=False),
     Column("movement", Text, nullable=False),
     Column("quantity", Quantity, nullable=False),
-    CheckConstraint(
-        "movement IN ('restock', 'reserve', 'release', 'ship')", name="ledger_movement"
-    ),
+    CheckConstraint(f"movement IN ({_MOVEMENT_LIST})", name="ledger_movement"),
     CheckConstraint("quantity >= 0", name="ledger_quantity"),
     Index("ledger_order", "order_id"),
     sqlite_autoincrement=True,
@@ -98,6 +102,21 @@ orders = Table(
     Column("invoice_value", Quantity),
     Column("invoice_lines", Text),
     CheckConstraint("state IN ('reserved', 'released', 'invoiced')", name="orders_state"),
+)
+
+# What the seller sells: a SKU is known when it is here (see activities/catalog.py). Its stock is
+# in `stock`, moved only through the ledger.
+catalog = Table(
+    "catalog",
+    metadata,
+    Column("sku", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("price", Quantity, nullable=False),
+    Column("list_price", Quantity, nullable=False),
+    Column("weight_grams", Quantity),
+    Column("updated_at", Text, nullable=False),
+    CheckConstraint("price >= 0", name="catalog_price"),
+    CheckConstraint("list_price >= 0", name="catalog_list_price"),
 )
 
 sequences = Table(
@@ -198,10 +217,45 @@ def create_schema(engine: Engine) -> None:
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
             )
+        _allow_every_movement(connection)
         metadata.create_all(connection)
         connection.execute(
             insert_ignore(engine, sequences, ["name"]).values(name="invoice", value=0)
         )
+
+
+def _allow_every_movement(connection: Connection) -> None:
+    """Bring a ledger made by an earlier version (before `writeoff`) to today's check."""
+    if connection.dialect.name == "postgresql":
+        definition = connection.execute(
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conname = 'ledger_movement'"
+            )
+        ).scalar()
+        if definition is not None and "writeoff" not in definition:
+            connection.execute(text("ALTER TABLE ledger DROP CONSTRAINT ledger_movement"))
+            connection.execute(
+                text(
+                    "ALTER TABLE ledger ADD CONSTRAINT ledger_movement"
+                    f" CHECK (movement IN ({_MOVEMENT_LIST}))"
+                )
+            )
+        return
+    # SQLite cannot change a table's checks: the table is rebuilt, its rows kept.
+    definition = connection.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'"
+    ).scalar()
+    if definition is None or "writeoff" in definition:
+        return
+    connection.exec_driver_sql("DROP INDEX IF EXISTS ledger_order")
+    connection.exec_driver_sql("ALTER TABLE ledger RENAME TO ledger_before_writeoff")
+    ledger.create(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO ledger (id, at, order_id, sku, movement, quantity)"
+        " SELECT id, at, order_id, sku, movement, quantity FROM ledger_before_writeoff"
+    )
+    connection.exec_driver_sql("DROP TABLE ledger_before_writeoff")
 
 
 def _wal(engine: Engine) -> None:

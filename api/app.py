@@ -14,7 +14,8 @@ from temporalio.client import Client
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.models import OrderPlacement, RequestOrderId
-from api.routes import codec, health, orders
+from api.routes import codec, health, orders, simulation
+from api.simulation import FulfillmentSimulation
 from codec import data_converter
 from config import Settings, get_settings
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.client = client
     install_error_handlers(app)
     app.include_router(orders.router)
+    app.include_router(simulation.router)
     app.include_router(health.router)
     app.include_router(codec.router)
     install_metrics(app)
@@ -69,7 +71,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, summary=app.summary, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (OrderPlacement, RequestOrderId):
+    for model in (OrderPlacement, RequestOrderId, FulfillmentSimulation):
         model_schema = model.model_json_schema(
             by_alias=True, ref_template="#/components/schemas/{model}"
         )

@@ -1,4 +1,7 @@
-"""What route handlers receive: the settings, the one Temporal client, the caller's credentials."""
+"""What route handlers receive: the settings, the one Temporal client, the caller's credentials.
+
+Every dependency is `async def`, even with nothing to await: FastAPI runs a plain `def` one in
+a thread, a hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -8,27 +11,37 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from temporalio.client import Client
 
+from activities.catalog import Catalog
 from api.errors import ApiError
 from config import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with (tests create apps with their own)."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_client(request: Request) -> Client:
+async def get_client(request: Request) -> Client:
     """The process's one Temporal client, created in the app's lifespan."""
     client: Client = request.app.state.client
     return client
 
 
+async def get_catalog(request: Request) -> Catalog:
+    """The simulated warehouse's catalog, read directly (never through Temporal)."""
+    catalog: Catalog | None = getattr(request.app.state, "catalog", None)
+    if catalog is None:
+        catalog = request.app.state.catalog = Catalog.from_settings(request.app.state.settings)
+    return catalog
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 ClientDep = Annotated[Client, Depends(get_client)]
 
 
-def require_vtex_credentials(
+async def require_vtex_credentials(
     settings: SettingsDep,
     app_key: Annotated[str | None, Header(alias="X-VTEX-API-AppKey")] = None,
     app_token: Annotated[str | None, Header(alias="X-VTEX-API-AppToken")] = None,

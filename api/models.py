@@ -3,7 +3,11 @@
 
 Types are strict (a string where the spec says integer is a 400, not a silent conversion) and
 unknown fields are kept: marketplaces add fields over time, and an order must not be refused for
-carrying one more.
+carrying one more. What fulfillment uses (items' ids, quantities and prices, freight, lockTTL, the
+address a delivery goes to) is held to the spec; where VTEX's real orders are wider than its file
+(coordinates as numbers, decimal multipliers and price tags, nulls, a pickup point's address
+without a street), the rest is accepted as they send it, and answered so that the answer still
+fits `responseOrderPlacement`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from workflows.durations import check_lock_ttl
 from workflows.ids import ORDER_ID_PATTERN
@@ -27,6 +42,24 @@ MAX_QUANTITY = 1_000_000
 MAX_PRICE_CENTS = 10**12
 MAX_ITEMS = 1_000
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+
+
+def _json_number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise PydanticCustomError(
+            "number_range", f"Input should be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}"
+        )
+    # 1.0000 (as VTEX writes a unit multiplier) is the integer the spec means.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A number the spec types as integer where VTEX's orders carry decimals: a unit multiplier of
+# 0.3 (kg), a price tag's rawValue of -142.35 (currency units; its `value` is the cents).
+# Fulfillment uses neither; an integer stays an integer, so an order placed before keeps its
+# fingerprint.
+Number = Annotated[int | float, PlainValidator(_json_number, json_schema_input_type=int | float)]
 
 # Every text the order's workflow keeps (the cancellation's fields, the shipping address, the
 # marketplace's URL) is bounded, far above what real orders carry: Temporal refuses a payload
@@ -79,7 +112,7 @@ class PriceTag(VtexModel):
     identifier: str | None = None
     is_percentual: bool | None = None
     name: str | None = None
-    raw_value: SafeInt | None = None
+    raw_value: Number | None = None
     value: SafeInt | None = None
 
 
@@ -99,18 +132,23 @@ class PlacementItem(VtexModel):
     attachments: list[Any] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
     price_tags: list[PriceTag] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
     measurement_unit: str | None = None
-    unit_multiplier: SafeInt | None = None
+    unit_multiplier: Number | None = None
     is_gift: bool | None = None
 
 
 class ClientProfileData(VtexModel):
-    """`orderPlacement.clientProfileData`."""
+    """`orderPlacement.clientProfileData`.
 
-    email: ShortText
-    first_name: ShortText
-    last_name: ShortText
-    document_type: ShortText
-    document: ShortText
+    Fulfillment keeps none of it (the workflow holds no customer data), and the whole object is
+    optional: a field left out or null (VTEX's own examples send `"documentType": null`) is no
+    reason to refuse the order.
+    """
+
+    email: ShortText | None = None
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    document_type: ShortText | None = None
+    document: ShortText | None = None
     phone: ShortText | None = None
     corporate_name: ShortText | None = None
     trade_name: ShortText | None = None
@@ -120,23 +158,51 @@ class ClientProfileData(VtexModel):
     is_corporate: bool | None = False
 
 
+# What a delivery's address must name besides where it is, and a pickup point's may leave out:
+# the parcel goes to the point, whose address VTEX sends without a street or a receiver at times.
+# ShippingData checks them, since the delivery channel is in `logisticsInfo`.
+DELIVERY_ADDRESS_FIELDS = ("receiver_name", "street", "number", "neighborhood")
+MAX_COORDINATES = 10
+
+
 class Address(VtexModel):
     """`orderPlacement.shippingData.address`."""
 
     address_type: ShortText
-    receiver_name: ShortText
+    receiver_name: ShortText | None = None
     address_id: ShortText | None = None
     postal_code: ShortText
     city: ShortText
     state: ShortText
     country: ShortText
-    street: Text
-    number: ShortText
-    neighborhood: ShortText
+    street: Text | None = None
+    number: ShortText | None = None
+    neighborhood: ShortText | None = None
     complement: Text | None = None
     reference: Text | None = None
     # Longitude and latitude; room for more.
-    geo_coordinates: list[ShortText] | None = Field(default=None, max_length=10)
+    geo_coordinates: list[ShortText] | None = Field(default=None, max_length=MAX_COORDINATES)
+
+    @property
+    def is_pickup_point(self) -> bool:
+        """The address of a pickup point (`addressType` `pickup`), not a delivery's."""
+        return self.address_type.strip().lower() == "pickup"
+
+    @field_validator(
+        "geo_coordinates", mode="before", json_schema_input_type=list[float | str] | None
+    )
+    @classmethod
+    def _coordinates_as_text(cls, value: Any) -> Any:
+        # VTEX's orders carry numbers ([-47.924747467041016, -15.832582473754883]); its file
+        # types them as strings, in the placement and in `responseOrderPlacement`. A number is
+        # kept as its JSON text, exact: one form for the answer (valid against the schema), the
+        # warehouse and the fingerprint, and a string sent stays as it was sent.
+        if not isinstance(value, list) or len(value) > MAX_COORDINATES:
+            return value  # Refused by the type or the length check, before any conversion.
+        return [
+            str(item) if isinstance(item, int | float) and not isinstance(item, bool) else item
+            for item in value
+        ]
 
 
 class DeliveryWindow(VtexModel):
@@ -152,6 +218,8 @@ class LogisticsInfo(VtexModel):
 
     item_index: int = Field(ge=0, le=MAX_ITEMS)
     selected_sla: str
+    # `delivery` or `pickup-in-point`: a pickup's address is the point's.
+    selected_delivery_channel: ShortText | None = None
     lock_ttl: str | None = Field(default=None, alias="lockTTL")
     shipping_estimate: str | None = None
     # Freight in cents.
@@ -166,13 +234,48 @@ class LogisticsInfo(VtexModel):
         return value
 
 
+PICKUP_IN_POINT = "pickup-in-point"
+
+
 class ShippingData(VtexModel):
     """`orderPlacement.shippingData`."""
 
-    address: Address | None = None
-    # One entry per item: its lockTTL costs a computation at each placement.
+    # One entry per item: its lockTTL costs a computation at each placement. Validated before
+    # the address: whether an item is picked up decides what the address must name.
     logistics_info: list[LogisticsInfo] | None = Field(default=None, max_length=MAX_ITEMS)
+    address: Address | None = None
     update_status: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _a_delivery_names_its_street(
+        cls, address: Address | None, info: ValidationInfo
+    ) -> Address | None:
+        if address is None or address.is_pickup_point:
+            return address
+        logistics: list[LogisticsInfo] = info.data.get("logistics_info") or []
+        if any(
+            (entry.selected_delivery_channel or "").lower() == PICKUP_IN_POINT
+            for entry in logistics
+        ):
+            return address
+        missing = [
+            to_camel(name) for name in DELIVERY_ADDRESS_FIELDS if getattr(address, name) is None
+        ]
+        if missing:
+            raise PydanticCustomError(
+                "missing",
+                "{fields} required for a delivery (only a pickup-in-point order may leave "
+                "them out)",
+                {"fields": ", ".join(missing)},
+            )
+        return address
+
+
+class OpenTextField(VtexModel):
+    """`openTextField` as VTEX's orders carry it, `{"value": "..."}` (the spec: a string)."""
+
+    value: str | None = None
 
 
 class MarketingData(VtexModel):
@@ -198,7 +301,7 @@ class OrderPlacement(VtexModel):
     client_profile_data: ClientProfileData | None = None
     shipping_data: ShippingData | None = None
     marketing_data: MarketingData | None = None
-    open_text_field: str | None = None
+    open_text_field: str | OpenTextField | None = None
 
     @field_validator("marketplace_services_endpoint")
     @classmethod
@@ -220,7 +323,14 @@ class OrderPlacement(VtexModel):
 
 
 class ResponseOrderPlacement(VtexModel):
-    """`responseOrderPlacement`: the placement echoed with the seller's `orderId`."""
+    """`responseOrderPlacement`: the placement echoed with the seller's `orderId`.
+
+    The echo is the placement as parsed, unknown fields included: the schema allows them, and
+    none can take the name of a property it types (every one under `items`, `clientProfileData`
+    and `shippingData` is a declared field; the placement's own top-level fields are not echoed).
+    Where real orders are wider than the schema, the echo is shaped to it. Dumped with
+    `exclude_none`: a field with no value is left out, not null.
+    """
 
     marketplace_order_id: str
     order_id: str
@@ -229,6 +339,49 @@ class ResponseOrderPlacement(VtexModel):
     client_profile_data: ClientProfileData | None = None
     shipping_data: ShippingData | None = None
     payment_data: dict[str, Any] | None = None
+
+    # The serializers below have no return annotation on purpose: pydantic would take it for the
+    # field's schema in /openapi.json, which would then say `object` instead of the items.
+
+    @field_serializer("items", mode="wrap")
+    def _items_as_the_schema_types_them(
+        self, items: list[PlacementItem], handler: SerializerFunctionWrapHandler
+    ):
+        return handler([_echoed_item(item) for item in items])
+
+    @field_serializer("shipping_data", mode="wrap")
+    def _address_as_the_schema_requires_it(
+        self, shipping: ShippingData | None, handler: SerializerFunctionWrapHandler
+    ):
+        address = shipping.address if shipping else None
+        if shipping is None or address is None:
+            return handler(shipping)
+        # The schema requires a street, number, neighborhood and receiver, which a pickup
+        # point's address may lack: empty in the answer, as the marketplace sent nothing there.
+        # (Left out of the answer, the address would be valid too, but the marketplace would
+        # not see the point it sent echoed.)
+        blanks = {name: "" for name in DELIVERY_ADDRESS_FIELDS if getattr(address, name) is None}
+        if blanks:
+            address = address.model_copy(update=blanks)
+            shipping = shipping.model_copy(update={"address": address})
+        return handler(shipping)
+
+
+def _echoed_item(item: PlacementItem) -> PlacementItem:
+    """The item as `responseOrderPlacement` types it.
+
+    Its unitMultiplier and a price tag's rawValue are integers there; a decimal one (accepted, as
+    VTEX's orders carry them) is left out of the answer rather than rounded to another value.
+    """
+    changes: dict[str, Any] = {}
+    if isinstance(item.unit_multiplier, float):
+        changes["unit_multiplier"] = None
+    if item.price_tags and any(isinstance(tag.raw_value, float) for tag in item.price_tags):
+        changes["price_tags"] = [
+            tag.model_copy(update={"raw_value": None}) if isinstance(tag.raw_value, float) else tag
+            for tag in item.price_tags
+        ]
+    return item.model_copy(update=changes) if changes else item
 
 
 class RequestOrderId(VtexModel):

@@ -377,3 +377,18 @@ async def _answer(settings: Settings, call: Awaitable[T]) -> T:
         # Whatever else Temporal may answer: the call did not complete; the retry joins it.
         log.error("unexpected answer from Temporal: %r", err)
         raise unavailable(f"Temporal: {err}") from err
+
+
+async def order_exists(client: Client, marketplace_order_id: str) -> bool:
+    """Whether the order's workflow was ever started (open or closed)."""
+    try:
+        await asyncio.wait_for(
+            client.get_workflow_handle(ids.workflow_id(marketplace_order_id)).describe(), 10
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise unavailable(f"Temporal: {err.message}") from err
+    except (TimeoutError, TemporalError) as err:
+        raise unavailable(f"Temporal did not answer: {err}") from err
+    return True

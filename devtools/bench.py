@@ -32,6 +32,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from config import Settings
+from devtools import bench_simulation
 from devtools.fake_marketplace import FakeMarketplaceState
 from devtools.stack import local_stack
 
@@ -267,6 +268,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=20, help="HTTP clients at once")
     parser.add_argument("--retried", type=int, default=50, help="orders dispatched 3x at once")
     parser.add_argument("--cancels", type=int, default=10, help="mid-step cancellations")
+    parser.add_argument(
+        "--simulation-rate", type=float, default=200, help="simulations per second, for 10 s"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
 
@@ -276,6 +280,9 @@ if __name__ == "__main__":
     arguments = parse_args()
     started = time.monotonic()
     outcome = asyncio.run(main(arguments))
+    # In processes of its own (the API as `python -m api` runs it), after the rest has stopped.
+    outcome["simulation"] = bench_simulation.measure(arguments.simulation_rate, 10)
+    print(f"fulfillment simulation, open loop: {outcome['simulation']}")
     print(f"done in {time.monotonic() - started:.0f}s")
     if arguments.json:
         arguments.json.write_text(json.dumps(outcome, indent=2) + "\n")

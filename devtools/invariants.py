@@ -185,7 +185,7 @@ def _stock_violations(tables: Tables) -> list[Violation]:
     violations = []
     for row in tables["stock"]:
         sku, sums = row["sku"], moved[row["sku"]]
-        stocked = sums["restock"]
+        stocked = sums["restock"] - sums["writeoff"]
         total = row["available"] + row["reserved"] + row["shipped"]
         if total != stocked:
             violations.append(

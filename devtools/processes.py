@@ -230,6 +230,8 @@ class ProcessStack:
             "FULFILLMENT_STEP_SECONDS": str(step_seconds),
             "LATE_CALL_WINDOW": late_call_window,
             "MARKETPLACE_ALLOWED_HOSTS": HOST,
+            # Black-box: any SKU the tests order is sold, from 1,000 units.
+            "DEFAULT_STOCK": "1000",
             "API_HOST": HOST,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),

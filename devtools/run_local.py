@@ -177,6 +177,12 @@ def main() -> None:
             ),
         )
         wait_for_port(temporal_port, server, "the Temporal dev server", timeout=60)
+        if "DEFAULT_STOCK" not in env:
+            # What the simulated warehouse sells; loaded on the first start only, so that what a
+            # person changed since (a load of their own, the stock sold) stays.
+            sample = str(ROOT / "catalog" / "sample.csv")
+            loading = [python, "-m", "activities.catalog", "load", "--if-empty", sample]
+            subprocess.run(loading, cwd=ROOT, env=env, check=True)
         start("worker", [python, "worker.py"])
         marketplace = start(
             "fake marketplace",

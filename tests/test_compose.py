@@ -231,6 +231,9 @@ def warehouse_db_problems(compose: Compose) -> list[str]:
             f"worker: no job it waits for runs a .sql script creating database {database!r} "
             f"and role {user!r} of its WAREHOUSE_URL"
         )
+    api_url = environment(services(compose).get("api", {})).get("WAREHOUSE_URL")
+    if api_url != url:
+        problems.append(f"api: WAREHOUSE_URL {api_url!r} is not the workers' warehouse")
     return problems
 
 
@@ -381,6 +384,7 @@ BREAKAGES: list[tuple[str, Breakage]] = [
     ("worker_scales", lambda c: _worker(c).update(ports=["9464:9464"])),
     ("temporal_by_service_name", _set_env("api", "TEMPORAL_ADDRESS", "localhost:7233")),
     ("warehouse_db_by_service_name", _set_env("worker", "WAREHOUSE_URL", "sqlite:////data/w.db")),
+    ("warehouse_db_by_service_name", _set_env("api", "WAREHOUSE_URL", "sqlite:////data/w.db")),
     ("warehouse_db_by_service_name", lambda c: _worker(c)["environment"].pop("WAREHOUSE_URL")),
     ("warehouse_db_by_service_name", _set_env("worker", "WAREHOUSE_URL", "postgresql:warehouse")),
     (

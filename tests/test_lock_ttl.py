@@ -53,7 +53,10 @@ async def test_no_dispatch_within_lock_ttl_expires_the_order_and_releases_stock(
     time_skipping_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     settings = Settings(
-        task_queue=f"ttl-{uuid.uuid4()}", data_dir=tmp_path, fulfillment_step_seconds=0
+        task_queue=f"ttl-{uuid.uuid4()}",
+        data_dir=tmp_path,
+        fulfillment_step_seconds=0,
+        default_stock=1000,  # any SKU is sold
     )
     warehouse = SimulatedWarehouse.from_settings(settings)
     client = time_skipping_env.client

@@ -370,7 +370,7 @@ async def test_invoice_numbers_are_unique_across_two_instances(
 async def test_cancelled_pick_stops_promptly_and_records_nothing(
     warehouse_store: str | Path,
 ) -> None:
-    warehouse = SimulatedWarehouse(warehouse_store, step_seconds=5)
+    warehouse = SimulatedWarehouse(warehouse_store, default_stock=10, step_seconds=5)
     await warehouse.reserve(order("o1", ("A", 1, 0)))
 
     task = asyncio.create_task(warehouse.pick("o1"))

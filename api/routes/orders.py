@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from activities.marketplace_hosts import HostPolicy
 from api import order_calls
-from api.deps import ClientDep, SettingsDep, require_vtex_credentials
+from api.catalog_check import check_known_skus, checks_catalog
+from api.deps import CatalogDep, ClientDep, SettingsDep, require_vtex_credentials
 from api.errors import ApiError, read_json, validation_error
 from api.models import (
     ErrorBody,
@@ -88,11 +89,11 @@ def _now() -> datetime:
     "",
     summary="Order placement",
     response_model=ResponseOrderPlacement | list[ResponseOrderPlacement],
-    responses={409: {"model": ErrorBody, "description": "OutOfStock"}},
+    responses={409: {"model": ErrorBody, "description": "OutOfStock, UnknownSku"}},
     openapi_extra=_body_request("OrderPlacement"),
 )
 async def order_placement(
-    request: Request, client: ClientDep, settings: SettingsDep
+    request: Request, client: ClientDep, settings: SettingsDep, catalog: CatalogDep
 ) -> JSONResponse:
     """Place the order: start its workflow, reserve its stock, answer the seller `orderId`.
 
@@ -118,6 +119,12 @@ async def order_placement(
             "InvalidRequest",
             f"{field}: {refused}",
             [ErrorDetail(field=field, message=refused)],
+        )
+    if checks_catalog(settings):
+        await check_known_skus(
+            catalog,
+            placement,
+            lambda: order_calls.order_exists(client, placement.marketplace_order_id),
         )
     result = await order_calls.place_order(client, settings, placement, _now())
     log.info(

@@ -1,0 +1,280 @@
+"""The seller's catalog: what it sells, at what price, and how many it has.
+
+A SKU is known when the catalog lists it (its stock lives beside it, in the warehouse's `stock`
+table, moved only through the ledger). A SKU the catalog does not list is unknown: a placement of
+it is refused and the fulfillment simulation answers it unavailable. With `DEFAULT_STOCK` set (for
+demos and black-box tests), an unseen SKU is sold instead, starting with that stock at
+DEFAULT_PRICE_CENTS.
+
+Loaded from a CSV or JSON file, upserted, and what changed reported:
+
+    python -m activities.catalog load catalog/sample.csv
+    python -m activities.catalog show [SKU ...]
+
+A file's columns (CSV header) or keys (JSON array of objects): `sku`, `name`, `price` and
+`listPrice` in cents (`listPrice` defaults to `price`), `stock` (units available to sell: a load
+sets it, restocking or writing off the difference), and optionally `weightGrams`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy import Connection, select, update
+
+from activities import warehouse_store as store
+from activities.warehouse_store import catalog, ledger, stock
+from workflows.messages import CamelModel
+
+if TYPE_CHECKING:
+    from config import Settings
+
+# What an unseen SKU costs when DEFAULT_STOCK sells it.
+DEFAULT_PRICE_CENTS = 1000
+# The most a price or a stock level may be: what a JSON reader holds exactly (2^53 - 1).
+MAX_NUMBER = 2**53 - 1
+
+Cents = Annotated[int, Field(ge=0, le=MAX_NUMBER)]
+
+
+class CatalogEntry(CamelModel):
+    """One SKU as a catalog file lists it."""
+
+    sku: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: str = Field(min_length=1, max_length=256)
+    price: Cents
+    list_price: Cents | None = None
+    stock: Cents
+    weight_grams: Cents | None = None
+
+
+_ENTRIES = TypeAdapter(list[CatalogEntry])
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the seller offers of one SKU right now."""
+
+    sku: str
+    name: str
+    price: int
+    list_price: int
+    available: int
+    weight_grams: int | None = None
+
+
+@dataclass
+class LoadReport:
+    """What a load changed."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # SKU -> (available before, available after), for every SKU whose stock moved.
+    stock_moved: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The report as a person reads it."""
+        out = [
+            f"{len(self.added)} added, {len(self.changed)} changed, {len(self.unchanged)} unchanged"
+        ]
+        out += [f"  added    {sku}" for sku in self.added]
+        out += [f"  changed  {sku}" for sku in self.changed]
+        out += [
+            f"  stock    {sku}: {before} -> {after} available"
+            for sku, (before, after) in self.stock_moved.items()
+        ]
+        return out
+
+
+def read_catalog_file(path: Path) -> list[CatalogEntry]:
+    """The entries of a `.csv` (with a header) or `.json` (an array of objects) file.
+
+    Raises:
+        ValueError: the file is not a catalog; the message names the entry and the field.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        rows: Any = json.loads(text)
+    elif path.suffix.lower() == ".csv":
+        rows = [
+            {key.strip(): value.strip() for key, value in row.items() if value and value.strip()}
+            for row in csv.DictReader(text.splitlines())
+        ]
+    else:
+        raise ValueError(f"{path}: a catalog is a .csv or a .json file")
+    try:
+        entries = _ENTRIES.validate_python(rows)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{path}: entry {where}: {first['msg']}") from None
+    skus = [entry.sku for entry in entries]
+    duplicated = sorted({sku for sku in skus if skus.count(sku) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: SKUs listed twice: {', '.join(duplicated)}")
+    return entries
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Catalog:
+    """The catalog in the warehouse's database (the same one the workers reserve stock in)."""
+
+    def __init__(self, store_location: str | Path, default_stock: int | None = None) -> None:
+        self.url = store.store_url(store_location)
+        self.default_stock = default_stock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Catalog:
+        """The catalog of the simulated warehouse the settings name."""
+        return cls(settings.warehouse_store, settings.default_stock)
+
+    def load(self, entries: list[CatalogEntry]) -> LoadReport:
+        """Upsert every entry and set its stock, in one transaction."""
+        report = LoadReport()
+        with store.engine_for(self.url).begin() as connection:
+            at = _now()
+            for entry in sorted(entries, key=lambda e: e.sku):  # the order stock rows lock in
+                self._upsert(connection, entry, at, report)
+        return report
+
+    def _upsert(
+        self, connection: Connection, entry: CatalogEntry, at: str, report: LoadReport
+    ) -> None:
+        values = {
+            "name": entry.name,
+            "price": entry.price,
+            "list_price": entry.list_price if entry.list_price is not None else entry.price,
+            "weight_grams": entry.weight_grams,
+        }
+        current = connection.execute(
+            select(catalog).where(catalog.c.sku == entry.sku).with_for_update()
+        ).one_or_none()
+        if current is None:
+            connection.execute(catalog.insert().values(sku=entry.sku, updated_at=at, **values))
+            report.added.append(entry.sku)
+        elif any(getattr(current, key) != value for key, value in values.items()):
+            connection.execute(
+                update(catalog).where(catalog.c.sku == entry.sku).values(updated_at=at, **values)
+            )
+            report.changed.append(entry.sku)
+        else:
+            report.unchanged.append(entry.sku)
+        connection.execute(
+            store.insert_ignore(connection.engine, stock, ["sku"]).values(
+                sku=entry.sku, available=0, reserved=0, shipped=0
+            )
+        )
+        before = connection.execute(
+            select(stock.c.available).where(stock.c.sku == entry.sku).with_for_update()
+        ).scalar_one()
+        if before == entry.stock:
+            return
+        movement = "restock" if entry.stock > before else "writeoff"
+        connection.execute(
+            update(stock).where(stock.c.sku == entry.sku).values(available=entry.stock)
+        )
+        connection.execute(
+            ledger.insert().values(
+                at=at,
+                order_id=None,
+                sku=entry.sku,
+                movement=movement,
+                quantity=abs(entry.stock - before),
+            )
+        )
+        report.stock_moved[entry.sku] = (before, entry.stock)
+
+    def offers(self, skus: list[str]) -> dict[str, Offer]:
+        """What the seller offers of each SKU it knows (an unknown one is left out)."""
+        wanted = sorted(set(skus))
+        engine = store.engine_for(self.url)
+        with engine.connect().execution_options(**{store.READ_ONLY: True}) as connection:
+            rows = connection.execute(
+                select(catalog, stock.c.available)
+                .select_from(catalog.outerjoin(stock, stock.c.sku == catalog.c.sku))
+                .where(catalog.c.sku.in_(wanted))
+            ).all()
+            found = {
+                row.sku: Offer(
+                    sku=row.sku,
+                    name=row.name,
+                    price=row.price,
+                    list_price=row.list_price,
+                    available=row.available or 0,
+                    weight_grams=row.weight_grams,
+                )
+                for row in rows
+            }
+            if self.default_stock is not None:
+                unseen = [sku for sku in wanted if sku not in found]
+                # An unseen SKU that was already sold has a stock row of its own.
+                levels = dict(
+                    connection.execute(
+                        select(stock.c.sku, stock.c.available).where(stock.c.sku.in_(unseen))
+                    ).all()
+                )
+                for sku in unseen:
+                    found[sku] = Offer(
+                        sku=sku,
+                        name=sku,
+                        price=DEFAULT_PRICE_CENTS,
+                        list_price=DEFAULT_PRICE_CENTS,
+                        available=levels.get(sku, self.default_stock),
+                    )
+        return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`load FILE` or `show [SKU ...]`, against the warehouse the environment names."""
+    from config import get_settings  # the CLI's settings; the module itself takes them as given
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    load = commands.add_parser("load", help="upsert a catalog file and set its stock")
+    load.add_argument("file", type=Path)
+    load.add_argument(
+        "--if-empty", action="store_true", help="only when the catalog is empty (a first start)"
+    )
+    show = commands.add_parser("show", help="print the catalog (or these SKUs) with their stock")
+    show.add_argument("skus", nargs="*")
+    args = parser.parse_args(argv)
+    target = Catalog.from_settings(get_settings())
+    if args.command == "load":
+        if args.if_empty and _all_skus(target):
+            print("catalog: already loaded, left as it is")
+            return 0
+        try:
+            entries = read_catalog_file(args.file)
+        except (OSError, ValueError) as err:
+            print(f"catalog not loaded: {err}", file=sys.stderr)
+            return 2
+        print(f"catalog {args.file}: " + "\n".join(target.load(entries).lines()))
+        return 0
+    skus = args.skus or _all_skus(target)
+    for offer in sorted(target.offers(skus).values(), key=lambda o: o.sku):
+        print(
+            f"{offer.sku}\t{offer.name}\tprice {offer.price}\tlist {offer.list_price}"
+            f"\tavailable {offer.available}"
+        )
+    return 0
+
+
+def _all_skus(target: Catalog) -> list[str]:
+    with store.engine_for(target.url).connect() as connection:
+        return list(connection.execute(select(catalog.c.sku)).scalars())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

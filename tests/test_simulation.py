@@ -1,0 +1,141 @@
+"""Fulfillment simulation on the real API, from the catalog and the shipping table, in both of
+VTEX's contexts; every answer valid against `responseFulfillmentSimulation`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from activities.catalog import Catalog, CatalogEntry
+from tests.stack import Stack, assert_matches_schema, running_stack
+
+PATH = "/pvt/orderForms/simulation"
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """The stack with a catalog of its own: no default stock, three SKUs."""
+    async with running_stack(
+        temporal_env, tmp_path_factory.mktemp("simulation"), default_stock=None
+    ) as running:
+        Catalog.from_settings(running.settings).load(
+            [
+                CatalogEntry(sku="shoe", name="Shoe", price=2499, list_price=2999, stock=10),
+                CatalogEntry(sku="sock", name="Sock", price=990, stock=3),
+                CatalogEntry(sku="gone", name="Sold out", price=500, stock=0),
+            ]
+        )
+        yield running
+
+
+def cart(*lines: tuple[str, int], **address: Any) -> dict[str, Any]:
+    return {
+        "items": [{"id": sku, "quantity": quantity, "seller": "1"} for sku, quantity in lines],
+        "postalCode": None,
+        "country": None,
+        **address,
+    }
+
+
+async def simulate(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    response = await stack.http.post(PATH, json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    assert_matches_schema(answer, "responseFulfillmentSimulation")
+    return answer
+
+
+async def test_indexing_answers_price_and_stock_of_known_skus(stack: Stack) -> None:
+    answer = await simulate(stack, cart(("shoe", 1), ("unknown", 1), ("sock", 5)))
+
+    items = {item["id"]: item for item in answer["items"]}
+    assert set(items) == {"shoe", "sock"}  # the unknown SKU: unavailable, left out
+    assert (items["shoe"]["price"], items["shoe"]["listPrice"]) == (2499, 2999)
+    assert (items["shoe"]["requestIndex"], items["sock"]["requestIndex"]) == (0, 2)
+    assert items["sock"]["quantity"] == 3  # 5 asked, 3 available
+    logistics = {info["itemIndex"]: info for info in answer["logisticsInfo"]}
+    assert (logistics[0]["stockBalance"], logistics[2]["stockBalance"]) == (10, 3)
+    # Every SLA, at its lowest price.
+    assert {sla["id"]: sla["price"] for sla in logistics[0]["slas"]} == {
+        "Normal": 990,
+        "Express": 1990,
+        "Pickup": 0,
+    }
+
+
+async def test_checkout_answers_the_slas_that_reach_the_postal_code(stack: Stack) -> None:
+    answer = await simulate(stack, cart(("shoe", 2), postalCode="01310-100", country="BRA"))
+
+    (info,) = answer["logisticsInfo"]
+    assert info["quantity"] == 2 and info["stockBalance"] == 10
+    slas = {sla["id"]: sla for sla in info["slas"]}
+    assert {name: sla["price"] for name, sla in slas.items()} == {
+        "Normal": 990,
+        "Express": 1990,
+        "Pickup": 0,
+    }
+    assert slas["Express"]["shippingEstimate"] == "2bd"
+    assert slas["Pickup"]["pickupStoreInfo"]["address"]["addressType"] == "pickup"
+    assert {c["id"]: c["stockBalance"] for c in info["deliveryChannels"]} == {
+        "delivery": 10,
+        "pickup-in-point": 10,
+    }
+    assert (answer["postalCode"], answer["country"]) == ("01310-100", "BRA")
+
+    farther = await simulate(stack, cart(("shoe", 1), postalCode="80250000", country="BRA"))
+    assert [sla["id"] for sla in farther["logisticsInfo"][0]["slas"]] == ["Normal"]
+    assert farther["logisticsInfo"][0]["slas"][0]["price"] == 1590
+
+
+async def test_an_address_no_sla_reaches_means_no_stock(stack: Stack) -> None:
+    for address in (
+        {"postalCode": "10001", "country": "USA"},
+        {"postalCode": "1", "country": "BRA"},
+    ):
+        answer = await simulate(stack, cart(("shoe", 1), **address))
+        (info,) = answer["logisticsInfo"]
+        assert (info["stockBalance"], info["slas"], info["quantity"]) == (0, [], 0)
+
+
+async def test_a_sold_out_sku_is_there_with_no_stock(stack: Stack) -> None:
+    answer = await simulate(stack, cart(("gone", 1), postalCode="01310100", country="BRA"))
+
+    assert answer["items"][0]["quantity"] == 0
+    assert answer["logisticsInfo"][0]["stockBalance"] == 0
+    assert answer["logisticsInfo"][0]["slas"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"items": []}, "items"),
+        ({"items": [{"id": "shoe", "quantity": 0, "seller": "1"}]}, "items[0].quantity"),
+        ({"items": [{"id": "shoe", "quantity": "1", "seller": "1"}]}, "items[0].quantity"),
+        ({"items": [{"quantity": 1, "seller": "1"}]}, "items[0].id"),
+        ({"items": [{"id": "shoe", "quantity": 1, "seller": "1"}], "country": "BRAZIL"}, "country"),
+    ],
+)
+async def test_a_malformed_simulation_is_a_400_naming_the_field(
+    stack: Stack, body: dict[str, Any], field: str
+) -> None:
+    response = await stack.http.post(PATH, json=body)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"][0]["field"] == field
+
+
+async def test_a_missing_shipping_table_is_a_503_not_a_500(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(
+        temporal_env, tmp_path, shipping_table=tmp_path / "missing.json"
+    ) as stack:
+        response = await stack.http.post(PATH, json=cart(("x", 1)))
+    assert response.status_code == 503, response.text
+    assert "missing.json" in response.json()["error"]["message"]
