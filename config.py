@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     # How long each simulated step (pick, pack, ship, invoice) takes.
     fulfillment_step_seconds: float = Field(default=2.0, ge=0)
 
+    @field_validator("default_stock", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # DEFAULT_STOCK= (as compose's `${DEFAULT_STOCK:-}` writes it) means unset, not an error.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("default_lock_ttl", "late_call_window")
     @classmethod
     def _duration(cls, value: str) -> str:

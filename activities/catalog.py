@@ -22,13 +22,14 @@ import argparse
 import csv
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from activities import warehouse_store as store
 from activities.warehouse_store import catalog, ledger, stock
@@ -104,21 +105,24 @@ def read_catalog_file(path: Path) -> list[CatalogEntry]:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         rows: Any = json.loads(text)
+        strict = True  # JSON has types: `"price": true` or `"stock": "5"` is a mistake
     elif path.suffix.lower() == ".csv":
-        rows = [
-            {key.strip(): value.strip() for key, value in row.items() if value and value.strip()}
-            for row in csv.DictReader(text.splitlines())
-        ]
+        rows = []
+        for number, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            if None in row:  # csv puts the fields beyond the header under None
+                raise ValueError(f"{path}: line {number} has more fields than the header")
+            rows.append({k.strip(): v.strip() for k, v in row.items() if v and v.strip()})
+        strict = False  # every CSV value is text: "2499" is read as a number
     else:
         raise ValueError(f"{path}: a catalog is a .csv or a .json file")
     try:
-        entries = _ENTRIES.validate_python(rows)
+        entries = _ENTRIES.validate_python(rows, strict=strict)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ValueError(f"{path}: entry {where}: {first['msg']}") from None
-    skus = [entry.sku for entry in entries]
-    duplicated = sorted({sku for sku in skus if skus.count(sku) > 1})
+    counts = Counter(entry.sku for entry in entries)
+    duplicated = sorted(sku for sku, count in counts.items() if count > 1)
     if duplicated:
         raise ValueError(f"{path}: SKUs listed twice: {', '.join(duplicated)}")
     return entries
@@ -158,11 +162,17 @@ class Catalog:
             "list_price": entry.list_price if entry.list_price is not None else entry.price,
             "weight_grams": entry.weight_grams,
         }
+        # Insert-or-nothing first: a load running beside this one that adds the same SKU waits
+        # here for it, instead of failing on the key.
+        added = connection.execute(
+            store.insert_ignore(connection.engine, catalog, ["sku"])
+            .values(sku=entry.sku, updated_at=at, **values)
+            .returning(catalog.c.sku)
+        ).first()
         current = connection.execute(
             select(catalog).where(catalog.c.sku == entry.sku).with_for_update()
-        ).one_or_none()
-        if current is None:
-            connection.execute(catalog.insert().values(sku=entry.sku, updated_at=at, **values))
+        ).one()
+        if added is not None:
             report.added.append(entry.sku)
         elif any(getattr(current, key) != value for key, value in values.items()):
             connection.execute(
@@ -195,6 +205,11 @@ class Catalog:
             )
         )
         report.stock_moved[entry.sku] = (before, entry.stock)
+
+    def count(self) -> int:
+        """How many SKUs the catalog lists."""
+        with store.engine_for(self.url).connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(catalog)).scalar_one())
 
     def offers(self, skus: list[str]) -> dict[str, Offer]:
         """What the seller offers of each SKU it knows (an unknown one is left out)."""

@@ -230,7 +230,7 @@ def _allow_every_movement(connection: Connection) -> None:
         definition = connection.execute(
             text(
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE conname = 'ledger_movement'"
+                " WHERE conname = 'ledger_movement' AND conrelid = to_regclass('ledger')"
             )
         ).scalar()
         if definition is not None and "writeoff" not in definition:

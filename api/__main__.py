@@ -8,8 +8,11 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
+from activities.catalog import Catalog
 from api.app import create_app
+from api.catalog_check import checks_catalog
 from config import Settings, get_settings
 from logs import configure_logging
 
@@ -39,6 +42,27 @@ def authentication_problem(settings: Settings) -> str | None:
     )
 
 
+def catalog_line(settings: Settings) -> str:
+    """What placements and simulations will sell, said at start: an API that reads an empty
+    catalog (WAREHOUSE_URL unset where the workers have it, no catalog loaded) refuses every SKU,
+    and this line is where ops see why."""
+    if not checks_catalog(settings):
+        return f"catalog: the plugged-in warehouse's own ({settings.warehouse})"
+    if settings.default_stock is not None:
+        return f"catalog: every SKU is sold (DEFAULT_STOCK={settings.default_stock})"
+    try:
+        count = Catalog.from_settings(settings).count()
+    except (SQLAlchemyError, OSError) as err:
+        return f"catalog: could not be read yet ({type(err).__name__}); simulations answer 503"
+    where = "WAREHOUSE_URL" if settings.warehouse_url else str(settings.warehouse_store)
+    if count == 0:
+        return (
+            f"catalog: EMPTY in {where}: every placement is refused as UnknownSku; load one "
+            "(python -m activities.catalog load FILE) or set DEFAULT_STOCK"
+        )
+    return f"catalog: {count} SKUs in {where}"
+
+
 def main() -> None:
     """Serve until interrupted; refuse to start with authentication half on or off in public."""
     configure_logging()
@@ -55,6 +79,9 @@ def main() -> None:
         if settings.seller_auth_enabled
         else "OFF: /pvt calls are not checked (set SELLER_APP_KEY and SELLER_APP_TOKEN)",
     )
+    line = catalog_line(settings)
+    # Loud when it will refuse every SKU.
+    (log.warning if line.startswith("catalog: EMPTY") else log.info)("%s", line)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

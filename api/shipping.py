@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from workflows.messages import CamelModel
 
@@ -32,12 +32,37 @@ class PriceBand(CamelModel):
     postal_code_to: str = Field(pattern=r"^\d{1,16}$")
     price: int = Field(ge=0, le=2**53 - 1)
 
+    @model_validator(mode="after")
+    def _a_range(self) -> PriceBand:
+        if len(self.postal_code_from) != len(self.postal_code_to):
+            raise ValueError("postalCodeFrom and postalCodeTo must have as many digits")
+        if self.postal_code_from > self.postal_code_to:
+            raise ValueError("postalCodeFrom comes after postalCodeTo")
+        return self
+
     def holds(self, digits: str) -> bool:
         """Whether the postal code (its digits) is in this range."""
-        width = max(len(self.postal_code_from), len(self.postal_code_to))
-        if len(digits) != width:
+        if len(digits) != len(self.postal_code_from):
             return False
-        return self.postal_code_from.zfill(width) <= digits <= self.postal_code_to.zfill(width)
+        return self.postal_code_from <= digits <= self.postal_code_to
+
+
+class PickupStore(CamelModel):
+    """Where a pickup SLA's parcels wait: what `pickupStoreInfo` must carry."""
+
+    friendly_name: str = Field(min_length=1, max_length=256)
+    address_id: str = Field(min_length=1, max_length=256)
+    postal_code: str = Field(min_length=1, max_length=32)
+    city: str = Field(min_length=1, max_length=256)
+    state: str = Field(min_length=1, max_length=256)
+    country: str = Field(min_length=3, max_length=3)
+    street: str = Field(min_length=1, max_length=256)
+    number: str = Field(max_length=32)
+    neighborhood: str = Field(max_length=256)
+    complement: str = Field(default="", max_length=256)
+    reference: str | None = Field(default=None, max_length=256)
+    geo_coordinates: list[float] = Field(default_factory=list, max_length=2)
+    additional_info: str = Field(default="", max_length=1000)
 
 
 class Sla(CamelModel):
@@ -48,7 +73,13 @@ class Sla(CamelModel):
     delivery_channel: Literal["delivery", "pickup-in-point"]
     shipping_estimate: str = Field(pattern=r"^\d+(bd|d|h|m)$")
     prices: list[PriceBand] = Field(min_length=1)
-    pickup_store: dict[str, Any] | None = None
+    pickup_store: PickupStore | None = None
+
+    @model_validator(mode="after")
+    def _pickup_has_a_store(self) -> Sla:
+        if self.delivery_channel == "pickup-in-point" and self.pickup_store is None:
+            raise ValueError("a pickup-in-point SLA names its pickupStore")
+        return self
 
     def price_for(self, postal_code: str) -> int | None:
         """Its price to `postal_code`, or None when it does not reach it."""

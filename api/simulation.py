@@ -67,12 +67,16 @@ def simulate(
         else [(sla, sla.lowest_price) for sla in table.slas]
     )
     items, logistics = [], []
+    # What is left of each SKU for the cart's next line of it: two lines of one SKU share its
+    # stock, so that together they never promise more than there is.
+    left = {sku: offer.available if reaching else 0 for sku, offer in offers.items()}
     for index, line in enumerate(request.items):
         offer = offers.get(line.id)
         if offer is None:
             continue  # unknown: unavailable
-        stock_balance = offer.available if reaching else 0
+        stock_balance = left[line.id]
         quantity = min(line.quantity, stock_balance)
+        left[line.id] -= quantity
         items.append(
             {
                 "id": offer.sku,
@@ -119,12 +123,12 @@ def _channels(reaching: list[tuple[Sla, int]]) -> dict[str, bool]:
 
 def _sla(sla: Sla, price: int) -> dict[str, Any]:
     pickup = None
-    if sla.delivery_channel == "pickup-in-point" and sla.pickup_store is not None:
-        store = dict(sla.pickup_store)
+    if sla.pickup_store is not None:
+        store = sla.pickup_store.model_dump(by_alias=True)
         pickup = {
             "isPickupStore": True,
-            "friendlyName": store.pop("friendlyName", sla.name),
-            "additionalInfo": store.pop("additionalInfo", ""),
+            "friendlyName": store.pop("friendlyName"),
+            "additionalInfo": store.pop("additionalInfo"),
             "address": {"addressType": "pickup", "receiverName": None, **store},
         }
     return {

@@ -177,7 +177,7 @@ def main() -> None:
             ),
         )
         wait_for_port(temporal_port, server, "the Temporal dev server", timeout=60)
-        if "DEFAULT_STOCK" not in env:
+        if not env.get("DEFAULT_STOCK", "").strip():
             # What the simulated warehouse sells; loaded on the first start only, so that what a
             # person changed since (a load of their own, the stock sold) stays.
             sample = str(ROOT / "catalog" / "sample.csv")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from contextlib import suppress
-from pathlib import Path
+from typing import Any
 
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import (
@@ -54,10 +54,8 @@ class DamagedItem(WarehouseError):
 class ScriptedWarehouse(SimulatedWarehouse):
     """The simulated warehouse with the behaviours above, chosen by SKU prefix."""
 
-    def __init__(
-        self, store_location: str | Path, default_stock: int = 1000, step_seconds: float = 2.0
-    ) -> None:
-        super().__init__(store_location, default_stock, step_seconds)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
         self._skus: dict[str, list[str]] = {}
         self._invoiced_anyway: set[str] = set()
         self._zombies: set[asyncio.Task[None]] = set()

@@ -40,6 +40,7 @@ def test_the_sample_catalog_reads(tmp_path: Path) -> None:
         ("sku,name,price,stock\nA,Thing,10,lots\n", "0.stock"),
         ("sku,name,price\nA,Thing,10\n", "0.stock"),
         ("sku,name,price,stock\nA,Thing,10,5\nA,Other,10,5\n", "listed twice"),
+        ("sku,name,price,stock\nA,Thing, with a comma,10,5\n", "line 2 has more fields"),
     ],
 )
 def test_a_file_that_is_no_catalog_is_refused_naming_what(
@@ -49,6 +50,27 @@ def test_a_file_that_is_no_catalog_is_refused_naming_what(
     path.write_text(content)
     with pytest.raises(ValueError, match=named):
         read_catalog_file(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"sku": "A", "name": "Thing", "price": true, "stock": 5}]',
+        '[{"sku": "A", "name": "Thing", "price": 10, "stock": "5"}]',
+    ],
+)
+def test_a_json_catalog_is_read_with_its_types(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="entry 0"):
+        read_catalog_file(path)
+
+
+def test_an_empty_default_stock_is_unset() -> None:
+    from config import Settings
+
+    assert Settings(default_stock="").default_stock is None  # type: ignore[arg-type]
+    assert Settings(default_stock="7").default_stock == 7  # type: ignore[arg-type]
 
 
 async def test_a_load_upserts_reports_and_moves_stock_through_the_ledger(

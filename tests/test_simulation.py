@@ -3,6 +3,8 @@ VTEX's contexts; every answer valid against `responseFulfillmentSimulation`."""
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,10 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog import Catalog, CatalogEntry
-from tests.stack import Stack, assert_matches_schema, running_stack
+from api.shipping import load_shipping_table
+from tests.stack import Stack, assert_matches_schema, new_order_id, placement_example, running_stack
+
+REPO = Path(__file__).resolve().parents[1]
 
 PATH = "/pvt/orderForms/simulation"
 
@@ -139,3 +144,53 @@ async def test_a_missing_shipping_table_is_a_503_not_a_500(
         response = await stack.http.post(PATH, json=cart(("x", 1)))
     assert response.status_code == 503, response.text
     assert "missing.json" in response.json()["error"]["message"]
+
+
+async def test_two_lines_of_one_sku_share_its_stock(stack: Stack) -> None:
+    answer = await simulate(stack, cart(("sock", 2), ("sock", 2)))
+
+    # 3 socks in all: the second line gets what the first left.
+    assert [item["quantity"] for item in answer["items"]] == [2, 1]
+    assert sum(info["quantity"] for info in answer["logisticsInfo"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda t: t["slas"][2].pop("pickupStore"), "pickupStore"),
+        (lambda t: t["slas"][2]["pickupStore"].pop("addressId"), "addressId"),
+        (lambda t: t["slas"][2]["pickupStore"].update(friendlyName=None), "friendlyName"),
+        (lambda t: t["slas"][0]["prices"][0].update(postalCodeTo="3999999"), "as many digits"),
+        (lambda t: t["slas"][0]["prices"][0].update(postalCodeFrom="50000000"), "comes after"),
+        (lambda t: t["slas"][0].update(shippingEstimate="soon"), "shippingEstimate"),
+    ],
+)
+def test_a_shipping_table_that_would_answer_off_the_schema_is_refused(
+    tmp_path: Path, change: Any, named: str
+) -> None:
+    table = json.loads((REPO / "catalog" / "shipping.json").read_text())
+    change(table)
+    path = tmp_path / "shipping.json"
+    path.write_text(json.dumps(table))
+
+    with pytest.raises(ValueError, match=named):
+        load_shipping_table(path)
+
+
+async def test_a_catalog_that_cannot_be_read_is_a_503_for_placement_and_simulation(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    nowhere = f"postgresql+psycopg://nobody@127.0.0.1:{port}/warehouse"
+    async with running_stack(
+        temporal_env, tmp_path, default_stock=None, warehouse_url=nowhere
+    ) as stack:
+        simulated = await stack.http.post(PATH, json=cart(("shoe", 1)))
+        placed = await stack.http.post(
+            "/pvt/orders", json=placement_example(new_order_id(), stack.endpoint)
+        )
+    for response in (simulated, placed):
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"]

@@ -3,16 +3,15 @@ directly (api/simulation.py), answer fast."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
+from api.catalog_check import read_offers
 from api.deps import CatalogDep, SettingsDep, require_vtex_credentials
-from api.errors import ApiError, read_json, unavailable, validation_error
+from api.errors import ApiError, read_json, validation_error
 from api.models import ErrorBody
 from api.shipping import load_shipping_table
 from api.simulation import FulfillmentSimulation, simulate
@@ -56,8 +55,5 @@ async def fulfillment_simulation(
         table = load_shipping_table(settings.shipping_table_path)
     except ValueError as err:
         raise ApiError(503, "ServiceUnavailable", str(err), headers={"Retry-After": "30"}) from err
-    try:
-        offers = await asyncio.to_thread(catalog.offers, [item.id for item in simulation.items])
-    except (SQLAlchemyError, OSError) as err:  # The store: down, locked, unreachable.
-        raise unavailable("the catalog could not be read; retry") from err
+    offers = await read_offers(catalog, [item.id for item in simulation.items])
     return JSONResponse(simulate(simulation, offers, table, datetime.now(UTC)))
