@@ -66,11 +66,23 @@ class Settings(BaseSettings):
     marketplace_app_token: str = ""
     marketplace_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Change notifications (vtex-marketplace-change-notification.openapi.json): the marketplace's
+    # account API, e.g. https://{accountName}.vtexcommercestable.com.br/api, and the seller id it
+    # gave us. Both set: every worker relays the SKUs whose price or stock changed
+    # (activities/change_notifications.py); either empty: none is sent.
+    change_notification_url: str = ""
+    seller_id: str = ""
+    # A burst of changes to one SKU within this (2s, 1m; 0s: none) becomes one notification.
+    change_notification_debounce: str = "2s"
+
     # Where a worker serves its Prometheus metrics (the SDK's, and the orders'): host:port, or
     # empty for none. Each worker on a host needs its own port.
     worker_metrics_address: str = ""
     # How long a worker told to stop (SIGTERM) lets its running steps finish.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # How many activities (fulfillment steps, marketplace calls) one worker runs at once; unset:
+    # the SDK's default. A step waiting on slow I/O holds its slot the whole time.
+    worker_max_concurrent_activities: int | None = Field(default=None, gt=0)
 
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)
@@ -96,6 +108,13 @@ class Settings(BaseSettings):
     # postal codes (by prefix) its carrier refuses; both comma-separated.
     warehouse_damaged_skus: str = ""
     carrier_refused_postal_codes: str = ""
+    # How long the simulated carrier takes from the label to the customer (e.g. 2d; 30s to watch
+    # an order reach `delivered` in make run).
+    carrier_delivery_time: str = "2d"
+    # How often an invoiced order asks the carrier where its parcel is, until delivered; each new
+    # event is posted to the marketplace (.../invoice/{invoiceNumber}/tracking). 0s: orders do not
+    # follow their parcel, and end `invoiced` (a seller whose carrier tells VTEX itself).
+    tracking_poll_interval: str = "1h"
     # How long each simulated step (pick, pack, ship, invoice) takes.
     fulfillment_step_seconds: float = Field(default=2.0, ge=0)
 
@@ -105,7 +124,13 @@ class Settings(BaseSettings):
         # DEFAULT_STOCK= (as compose's `${DEFAULT_STOCK:-}` writes it) means unset, not an error.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("default_lock_ttl", "late_call_window")
+    @field_validator(
+        "default_lock_ttl",
+        "late_call_window",
+        "change_notification_debounce",
+        "carrier_delivery_time",
+        "tracking_poll_interval",
+    )
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
@@ -140,6 +165,21 @@ class Settings(BaseSettings):
     def shipping_table_path(self) -> Path:
         """SHIPPING_TABLE, or the sample table in catalog/."""
         return self.shipping_table or Path(__file__).resolve().parent / "catalog" / "shipping.json"
+
+    @property
+    def carrier_delivery_seconds(self) -> float:
+        """CARRIER_DELIVERY_TIME in seconds."""
+        return parse_duration(self.carrier_delivery_time).total_seconds()
+
+    @property
+    def change_notifications_enabled(self) -> bool:
+        """Whether workers notify the marketplace of price and stock changes."""
+        return bool(self.change_notification_url and self.seller_id)
+
+    @property
+    def change_notification_debounce_seconds(self) -> float:
+        """CHANGE_NOTIFICATION_DEBOUNCE in seconds."""
+        return parse_duration(self.change_notification_debounce).total_seconds()
 
     @property
     def seller_auth_enabled(self) -> bool:

@@ -22,6 +22,13 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.change_notifications import (
+    NOTIFICATION_SLOTS,
+    ChangeNotificationActivities,
+    ChangeRelay,
+    check_notification_settings,
+    sku_task_queue,
+)
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
@@ -30,6 +37,7 @@ from config import Settings, get_settings
 from logs import configure_logging
 from workflows import search
 from workflows.order import OrderWorkflow
+from workflows.sku_changes import SkuChangesWorkflow
 
 _INDEXED_TYPES = {
     "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
@@ -106,12 +114,25 @@ async def run_worker(
 ) -> None:
     """Run a worker until `stop` is set; sets `ready` once it polls the task queue."""
     await ensure_search_attributes(client, settings.temporal_namespace)
+    check_notification_settings(settings)
     async with AsyncExitStack() as stack:
         warehouse = load_warehouse(settings)
         stack.push_async_callback(warehouse.close)
         marketplace = MarketplaceClient.from_settings(settings)
         stack.push_async_callback(marketplace.close)
         activities = FulfillmentActivities(warehouse, marketplace)
+        notifications = ChangeNotificationActivities(
+            marketplace, settings.change_notification_url, settings.seller_id
+        )
+        # The SKUs' change notifications on a queue of their own, with few slots: they never
+        # hold the slots orders are placed with.
+        sku_worker = Worker(
+            client,
+            task_queue=sku_task_queue(settings.task_queue),
+            workflows=[SkuChangesWorkflow],
+            activities=[notifications.notify_change],
+            max_concurrent_activities=NOTIFICATION_SLOTS,
+        )
         worker = Worker(
             client,
             task_queue=settings.task_queue,
@@ -122,18 +143,24 @@ async def run_worker(
             # On SIGTERM the worker stops polling and lets the steps it runs finish within the
             # grace period; what is still running then is cancelled and retried elsewhere.
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
         )
-        async with worker:
+        async with worker, sku_worker:
             log.info(
                 "worker polling task queue %r on %s (warehouse %s)",
                 settings.task_queue,
                 settings.temporal_address,
                 settings.warehouse,
             )
+            relay = None
+            if settings.change_notifications_enabled:
+                relay = asyncio.create_task(ChangeRelay.from_settings(client, settings).run(stop))
             if ready is not None:
                 ready.set()
             await stop.wait()
             log.info("worker stopping")
+            if relay is not None:
+                await relay
 
 
 async def main() -> None:

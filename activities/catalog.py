@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from activities import warehouse_store as store
 from activities.warehouse_store import catalog, ledger, stock
@@ -79,6 +80,8 @@ class LoadReport:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # Changed SKUs whose price or list price changed (the rest changed name or weight only).
+    repriced: list[str] = field(default_factory=list)
     # SKU -> (available before, available after), for every SKU whose stock moved.
     stock_moved: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -151,6 +154,12 @@ class Catalog:
             at = _now()
             for entry in sorted(entries, key=lambda e: e.sku):  # the order stock rows lock in
                 self._upsert(connection, entry, at, report)
+            # After every stock row, by (SKU, kind) (the lock order): what the marketplace must
+            # read again.
+            changes = {(sku, "price") for sku in (*report.added, *report.repriced)}
+            changes |= {(sku, "inventory") for sku in (*report.added, *report.stock_moved)}
+            for sku, kind in sorted(changes):
+                store.record_change(connection, sku, kind, at)
         return report
 
     def _upsert(
@@ -179,6 +188,8 @@ class Catalog:
                 update(catalog).where(catalog.c.sku == entry.sku).values(updated_at=at, **values)
             )
             report.changed.append(entry.sku)
+            if (current.price, current.list_price) != (values["price"], values["list_price"]):
+                report.repriced.append(entry.sku)
         else:
             report.unchanged.append(entry.sku)
         connection.execute(
@@ -212,43 +223,85 @@ class Catalog:
             return int(connection.execute(select(func.count()).select_from(catalog)).scalar_one())
 
     def offers(self, skus: list[str]) -> dict[str, Offer]:
-        """What the seller offers of each SKU it knows (an unknown one is left out)."""
+        """What the seller offers of each SKU it knows (an unknown one is left out).
+
+        Read on the driver's own connection, from the engine's pool: the fulfillment simulation
+        reads on every call, and SQLAlchemy's statement and transaction machinery cost about ten
+        times the query (350 us against 30 us on SQLite). A driver error is raised as
+        SQLAlchemy's (`DBAPIError`), as from any other read.
+        """
         wanted = sorted(set(skus))
         engine = store.engine_for(self.url)
-        with engine.connect().execution_options(**{store.READ_ONLY: True}) as connection:
-            rows = connection.execute(
-                select(catalog, stock.c.available)
-                .select_from(catalog.outerjoin(stock, stock.c.sku == catalog.c.sku))
-                .where(catalog.c.sku.in_(wanted))
-            ).all()
-            found = {
-                row.sku: Offer(
-                    sku=row.sku,
-                    name=row.name,
-                    price=row.price,
-                    list_price=row.list_price,
-                    available=row.available or 0,
-                    weight_grams=row.weight_grams,
+        found = {
+            sku: Offer(
+                sku=sku,
+                name=name,
+                price=price,
+                list_price=list_price,
+                available=available or 0,
+                weight_grams=weight_grams,
+            )
+            for sku, name, price, list_price, weight_grams, available in _read(
+                engine, _OFFERS_SQL, wanted
+            )
+        }
+        if self.default_stock is not None:
+            unseen = [sku for sku in wanted if sku not in found]
+            # An unseen SKU that was already sold has a stock row of its own.
+            levels = dict(_read(engine, _STOCK_SQL, unseen))
+            for sku in unseen:
+                found[sku] = Offer(
+                    sku=sku,
+                    name=sku,
+                    price=DEFAULT_PRICE_CENTS,
+                    list_price=DEFAULT_PRICE_CENTS,
+                    available=levels.get(sku, self.default_stock),
                 )
-                for row in rows
-            }
-            if self.default_stock is not None:
-                unseen = [sku for sku in wanted if sku not in found]
-                # An unseen SKU that was already sold has a stock row of its own.
-                levels = dict(
-                    connection.execute(
-                        select(stock.c.sku, stock.c.available).where(stock.c.sku.in_(unseen))
-                    ).all()
-                )
-                for sku in unseen:
-                    found[sku] = Offer(
-                        sku=sku,
-                        name=sku,
-                        price=DEFAULT_PRICE_CENTS,
-                        list_price=DEFAULT_PRICE_CENTS,
-                        available=levels.get(sku, self.default_stock),
-                    )
         return found
+
+
+# What `offers` reads: `{marks}` becomes one placeholder per SKU of a batch.
+_OFFERS_SQL = (
+    "SELECT catalog.sku, catalog.name, catalog.price, catalog.list_price, catalog.weight_grams,"
+    " stock.available FROM catalog LEFT OUTER JOIN stock ON stock.sku = catalog.sku"
+    " WHERE catalog.sku IN ({marks})"
+)
+_STOCK_SQL = "SELECT sku, available FROM stock WHERE sku IN ({marks})"
+# SKUs per query: within every SQLite's limit on a statement's parameters (999 before 3.32).
+_BATCH = 500
+
+
+def _read(engine: Engine, sql: str, skus: list[str]) -> list[Any]:
+    """The rows of `sql` for `skus`, in batches, on a pooled driver connection.
+
+    No transaction of its own: on SQLite (the engine's connections are in autocommit) each
+    SELECT reads one WAL snapshot and takes no lock; PostgreSQL's implicit one is rolled back
+    when the connection goes back to the pool.
+    """
+    if not skus:
+        return []
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    rows: list[Any] = []
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            for start in range(0, len(skus), _BATCH):
+                batch = skus[start : start + _BATCH]
+                statement = sql.format(marks=", ".join([mark] * len(batch)))
+                try:
+                    cursor.execute(statement, batch)
+                    rows += cursor.fetchall()
+                except dbapi_error as err:
+                    if engine.dialect.is_disconnect(err, connection.dbapi_connection, cursor):
+                        connection.invalidate(err)
+                    raise DBAPIError.instance(statement, batch, err, dbapi_error) from err
+        finally:
+            cursor.close()
+    finally:
+        connection.close()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

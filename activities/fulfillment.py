@@ -23,9 +23,11 @@ from activities.marketplace import (
     MarketplaceAnswer,
     MarketplaceClient,
     TrackingNotice,
+    TrackingStatusNotice,
 )
 from activities.warehouse import (
     Invoice,
+    ParcelStatus,
     Reservation,
     ShippingLabel,
     Warehouse,
@@ -115,6 +117,20 @@ class FulfillmentActivities:
         )
         return CompensationDone(order_id=order.order_id, compensation="void_label", changed=changed)
 
+    @activity.defn(name="track_parcel")
+    async def track_parcel(self, order: WarehouseOrder) -> ParcelStatus:
+        """Ask the carrier where the order's parcel is."""
+        track = getattr(self._warehouse, "track", None)
+        if track is None:  # a warehouse written before tracking: following ends, visibly
+            raise ApplicationError(
+                f"the warehouse {type(self._warehouse).__name__} has no track(): set "
+                "TRACKING_POLL_INTERVAL=0s, or give it one",
+                type="TrackingUnsupported",
+                non_retryable=True,
+            )
+        parcel: ParcelStatus = await _warehouse_call("track", order.order_id, track(order))
+        return parcel
+
     @activity.defn(name="send_invoice")
     async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
         """POST the invoice to the marketplace. Every retry carries the same invoiceNumber."""
@@ -129,6 +145,14 @@ class FulfillmentActivities:
         _log_sent(
             f"tracking {notice.tracking.tracking_number}", notice.marketplace_order_id, answer
         )
+        return answer
+
+    @activity.defn(name="send_tracking_status")
+    async def send_tracking_status(self, notice: TrackingStatusNotice) -> MarketplaceAnswer:
+        """POST the parcel's tracking events (and whether it is delivered) to the marketplace."""
+        answer = await self._marketplace.send_tracking_status(notice)
+        delivered = "delivered" if notice.is_delivered else f"{len(notice.events)} events"
+        _log_sent(f"tracking status ({delivered})", notice.marketplace_order_id, answer)
         return answer
 
     @activity.defn(name="send_cancellation")
@@ -148,8 +172,10 @@ class FulfillmentActivities:
             self.issue_invoice,
             self.release_stock,
             self.void_label,
+            self.track_parcel,
             self.send_invoice,
             self.send_tracking,
+            self.send_tracking_status,
             self.send_cancellation,
         ]
 

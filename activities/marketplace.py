@@ -1,5 +1,7 @@
 """The calls the seller makes back to the marketplace, as in
-`vtex-external-seller-marketplace.openapi.json`: the invoice and the tracking information.
+`vtex-external-seller-marketplace.openapi.json` (the invoice, the tracking information, the
+parcel's tracking status, the seller's cancellation) and
+`vtex-marketplace-change-notification.openapi.json` (a SKU's price or inventory changed).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
-from activities.warehouse import Invoice
+from activities.warehouse import Invoice, ParcelEvent
 from workflows.messages import CamelModel, Tracking
 
 if TYPE_CHECKING:
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 # the same call is sent again, each attempt and its error visible in GET /pvt/orders/{orderId}.
 # Any other 4xx says the request itself is wrong, and sending it again cannot help.
 RETRYABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
+# A change notification's 404 says the marketplace does not know the SKU (it has not approved it
+# yet): that lasts, and another try cannot change it.
+NOTIFICATION_RETRYABLE_STATUSES = RETRYABLE_STATUSES - {404}
 
 
 class InvoiceNotice(CamelModel):
@@ -44,6 +49,27 @@ class TrackingNotice(CamelModel):
     invoice_number: str
     tracking: Tracking
     dispatched_date: datetime
+
+
+class TrackingStatusNotice(CamelModel):
+    """Tell the marketplace where the parcel of an invoice is, and whether it is delivered."""
+
+    marketplace_services_endpoint: str
+    marketplace_order_id: str
+    invoice_number: str
+    is_delivered: bool
+    events: list[ParcelEvent]
+
+
+class ChangeNotice(CamelModel):
+    """Tell the marketplace that a SKU's price or inventory changed (no body: it then reads the
+    fulfillment simulation)."""
+
+    # The marketplace's account API, e.g. https://{accountName}.vtexcommercestable.com.br/api
+    notification_url: str
+    seller_id: str
+    sku: str
+    kind: str  # price | inventory
 
 
 class CancellationNotice(CamelModel):
@@ -73,8 +99,16 @@ def marketplace_url(endpoint: str, *segments: str) -> str:
     VTEX's endpoint often carries both, e.g. `http://oms.vtexinternal.com.br/api/oms?an=store`.
     """
     parts = urlsplit(endpoint)
-    path = parts.path.rstrip("/") + "".join("/" + quote(segment, safe="") for segment in segments)
+    path = parts.path.rstrip("/") + "".join("/" + _segment(segment) for segment in segments)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _segment(text: str) -> str:
+    """One path segment, escaped; `.` and `..` too, which HTTP clients would otherwise resolve
+    (an id `..` must not climb out of the path)."""
+    if text in (".", ".."):
+        return text.replace(".", "%2E")
+    return quote(text, safe="")
 
 
 def invoice_body(invoice: Invoice, tracking: Tracking | None) -> dict[str, Any]:
@@ -105,6 +139,14 @@ def tracking_body(tracking: Tracking, dispatched_date: datetime) -> dict[str, An
         "trackingNumber": tracking.tracking_number,
         "trackingUrl": tracking.tracking_url,
         "dispatchedDate": dispatched_date.strftime("%Y-%m-%d"),
+    }
+
+
+def tracking_status_body(notice: TrackingStatusNotice) -> dict[str, Any]:
+    """The `requestUpdateTrackingStatus` body."""
+    return {
+        "isDelivered": notice.is_delivered,
+        "events": [event.model_dump(by_alias=True, exclude_none=True) for event in notice.events],
     }
 
 
@@ -155,6 +197,29 @@ class MarketplaceClient:
             notice.marketplace_services_endpoint, notice.marketplace_order_id, tail, body
         )
 
+    async def send_tracking_status(self, notice: TrackingStatusNotice) -> MarketplaceAnswer:
+        """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice/{invoiceNumber}/tracking."""
+        body = tracking_status_body(notice)
+        tail = ["invoice", notice.invoice_number, "tracking"]
+        return await self._post_on_order(
+            notice.marketplace_services_endpoint, notice.marketplace_order_id, tail, body
+        )
+
+    async def send_change_notification(self, notice: ChangeNotice) -> MarketplaceAnswer:
+        """POST {notification_url}/notificator/{sellerId}/changenotification/{skuId}/{kind},
+        with no body."""
+        if notice.kind not in ("price", "inventory"):
+            raise ValueError(f"unknown change kind {notice.kind!r}")
+        url = marketplace_url(
+            notice.notification_url,
+            "notificator",
+            notice.seller_id,
+            "changenotification",
+            notice.sku,
+            notice.kind,
+        )
+        return await self._post(url, None, retryable=NOTIFICATION_RETRYABLE_STATUSES)
+
     async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/cancel: the seller's own cancellation."""
         body = {"reason": notice.reason}
@@ -168,9 +233,14 @@ class MarketplaceClient:
         url = marketplace_url(endpoint, "pvt", "orders", marketplace_order_id, *tail)
         return await self._post(url, body)
 
-    async def _post(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
+    async def _post(
+        self,
+        url: str,
+        body: dict[str, Any] | None,
+        retryable: frozenset[int] = RETRYABLE_STATUSES,
+    ) -> MarketplaceAnswer:
         try:
-            return await self._post_checked(url, body)
+            return await self._post_checked(url, body, retryable)
         except (MarketplaceUnavailable, ApplicationError) as err:
             _count_failure(err)
             raise
@@ -186,7 +256,9 @@ class MarketplaceClient:
             _count_failure(failure)
             raise failure from err
 
-    async def _post_checked(self, url: str, body: dict[str, Any]) -> MarketplaceAnswer:
+    async def _post_checked(
+        self, url: str, body: dict[str, Any] | None, retryable: frozenset[int]
+    ) -> MarketplaceAnswer:
         try:
             checked = await self._hosts.check_when_sending(url)
         except ConnectionError as err:
@@ -196,13 +268,18 @@ class MarketplaceClient:
                 f"not sent: {checked.refusal}", type="MarketplaceHostRefused", non_retryable=True
             )
         headers = {"Accept": "application/json", **self._auth_headers}
-        request = self._http.build_request("POST", url, json=body, headers=headers)
+        if body is None:
+            # VTEX's change notifications carry no body, but the same Content-Type.
+            headers["Content-Type"] = "application/json"
+            request = self._http.build_request("POST", url, content=b"", headers=headers)
+        else:
+            request = self._http.build_request("POST", url, json=body, headers=headers)
         try:
             response = await self._send(request, checked.addresses)
         except httpx.HTTPError as err:
             raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
-        if status >= 500 or status in RETRYABLE_STATUSES:
+        if status >= 500 or status in retryable:
             raise MarketplaceUnavailable(f"POST {url} answered {status}")
         if 300 <= status < 400:
             # Redirects are not followed: the credentials would go wherever `Location` says, and a

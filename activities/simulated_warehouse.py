@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +33,8 @@ from activities.warehouse import (
     Invoice,
     OrderReleased,
     OutOfStock,
+    ParcelEvent,
+    ParcelStatus,
     Reservation,
     ShippingLabel,
     UnknownOrder,
@@ -50,6 +52,8 @@ T = TypeVar("T")
 
 COURIER = "Simulated Carrier"
 TRACKING_URL = "https://tracking.example.com/{tracking_number}"
+# Where the simulated carrier collects every parcel.
+DEPOT = ("São Paulo", "SP")
 
 _LINES = TypeAdapter(list[OrderLine])
 
@@ -153,6 +157,7 @@ class SimulatedWarehouse:
         default_stock: int | None = None,
         step_seconds: float = 2.0,
         refusals: Refusals | None = None,
+        delivery_seconds: float = 86400.0,
     ) -> None:
         """Use (and create on first call) the warehouse's tables.
 
@@ -164,11 +169,14 @@ class SimulatedWarehouse:
                 cannot be reserved (activities/catalog.py).
             step_seconds: How long pick, pack, create_label and issue_invoice take.
             refusals: What pick and create_label refuse for good (none by default).
+            delivery_seconds: How long the simulated carrier takes from the label to the
+                customer's door (collected at once, in transit half way, delivered at the end).
         """
         self.url = store.store_url(store_location)
         self.default_stock = default_stock
         self.step_seconds = step_seconds
         self.refusals = refusals or Refusals()
+        self.delivery_seconds = delivery_seconds
         if self.db_path is not None:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -182,6 +190,7 @@ class SimulatedWarehouse:
             refusals=Refusals.parse(
                 settings.warehouse_damaged_skus, settings.carrier_refused_postal_codes
             ),
+            delivery_seconds=settings.carrier_delivery_seconds,
         )
 
     @property
@@ -255,6 +264,43 @@ class SimulatedWarehouse:
     async def void_label(self, order_id: str) -> bool:
         """Void the order's label; False if it has none or it was voided already."""
         return await self._call(self._void_label, order_id)
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        """The simulated carrier's events for the order's parcel, from its label's time: collected
+        at once, in transit half way through `delivery_seconds`, delivered at the end.
+
+        Raises:
+            UnknownOrder: The order has no label (never shipped).
+        """
+        record = await self._call(self._order_record, order.order_id)
+        label = record and record["label"]
+        if not label:
+            raise UnknownOrder(f"order {order.order_id} has no shipping label to track")
+        collected: datetime = label["created_at"]
+        elapsed = (datetime.now(UTC) - collected).total_seconds()
+        address = order.shipping_address or {}
+        city, state = (
+            value if isinstance(value, str) else None
+            for value in (address.get("city"), address.get("state"))
+        )
+        journey: list[tuple[float, str, str | None, str | None]] = [
+            (0.0, f"Collected by {COURIER}", *DEPOT),
+            (0.5, f"In transit to {city or 'the destination'}", city, state),
+            (1.0, "Delivered", city, state),
+        ]
+        events = [
+            ParcelEvent(
+                description=description,
+                date=(collected + timedelta(seconds=share * self.delivery_seconds)).strftime(
+                    "%Y-%m-%d"
+                ),
+                city=at_city,
+                state=at_state,
+            )
+            for share, description, at_city, at_state in journey
+            if elapsed >= share * self.delivery_seconds
+        ]
+        return ParcelStatus(events=events, delivered=len(events) == len(journey))
 
     async def close(self) -> None:
         """Nothing to free: the process's connection pool serves every instance on this URL."""
@@ -381,18 +427,28 @@ class SimulatedWarehouse:
                 meet this: a release or a shipment moves what its reservation put there).
         """
         source, target = _MOVES[movement]
+        sold_out_or_back: list[str] = []
         for sku, quantity in _quantities(lines).items():
             moved = connection.execute(
                 update(stock)
                 .where(stock.c.sku == sku, stock.c[source] >= quantity)
                 .values({source: stock.c[source] - quantity, target: stock.c[target] + quantity})
-            ).rowcount
-            if moved != 1:
+                .returning(stock.c.available)
+            ).first()
+            if moved is None:
                 available = connection.execute(
                     select(stock.c[source]).where(stock.c.sku == sku)
                 ).scalar_one_or_none()
                 raise OutOfStock(sku, quantity, available or 0)
             self._log(connection, at, order_id, sku, movement, quantity)
+            # The marketplace is told when a SKU sells out or comes back: other moves leave it
+            # on sale, and the next simulation has the exact figure.
+            if (movement == "reserve" and moved.available == 0) or (
+                movement == "release" and moved.available == quantity
+            ):
+                sold_out_or_back.append(sku)
+        for sku in sold_out_or_back:  # after every stock row: the lock order
+            store.record_change(connection, sku, "inventory", at)
 
     # The work, each in one transaction, run in a thread
 
@@ -585,6 +641,8 @@ class SimulatedWarehouse:
                 .values(available=stock.c.available + quantity)
             )
             self._log(connection, at, None, sku, "restock", quantity)
+            if quantity > 0:
+                store.record_change(connection, sku, "inventory", at)
             return self._level(connection, sku)
 
     @staticmethod

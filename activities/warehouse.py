@@ -70,6 +70,24 @@ class Invoice(CamelModel):
     lines: list[OrderLine]
 
 
+class ParcelEvent(CamelModel):
+    """One event of the parcel's journey as the carrier reports it (the shape of VTEX's
+    `requestUpdateTrackingStatus` `events[]`)."""
+
+    description: str
+    # The day it happened, `2021-03-16`.
+    date: str
+    city: str | None = None
+    state: str | None = None
+
+
+class ParcelStatus(CamelModel):
+    """Where the parcel is: every event so far, oldest first, and whether it is delivered."""
+
+    events: list[ParcelEvent]
+    delivered: bool
+
+
 class WarehouseError(Exception):
     """A refusal that retrying cannot change."""
 
@@ -139,6 +157,10 @@ class Warehouse(Protocol):
 
     async def void_label(self, order_id: str) -> bool:
         """Void the order's label; False if it has none or it was voided already."""
+        ...
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        """Ask the carrier where the order's parcel is. Raises `UnknownOrder` without a label."""
         ...
 
     async def close(self) -> None:

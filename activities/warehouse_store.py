@@ -119,6 +119,26 @@ catalog = Table(
     CheckConstraint("list_price >= 0", name="catalog_list_price"),
 )
 
+# The outbox of change notifications: a SKU whose price or stock changed, written in the same
+# transaction as the change, so that no change is lost between the commit and the notification.
+# One row per SKU and kind (`price`, `inventory`), never deleted: each change bumps `version`, and
+# the relay (activities/change_notifications.py) raises `relayed_version` to the version it passed
+# on. A row is pending while `version > relayed_version`; since a version never repeats, a relay
+# that passed on an old version can never mark a newer change as passed on.
+CHANGE_KINDS = ("price", "inventory")
+_CHANGE_KIND_LIST = ", ".join(f"'{kind}'" for kind in CHANGE_KINDS)
+
+sku_changes = Table(
+    "sku_changes",
+    metadata,
+    Column("sku", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("version", Quantity, nullable=False),
+    Column("relayed_version", Quantity, nullable=False, server_default="0"),
+    Column("changed_at", Text, nullable=False),
+    CheckConstraint(f"kind IN ({_CHANGE_KIND_LIST})", name="sku_changes_kind"),
+)
+
 sequences = Table(
     "sequences",
     metadata,
@@ -289,3 +309,25 @@ def insert_ignore(engine: Engine, table: Table, keys: list[str]) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def record_change(connection: Connection, sku: str, kind: str, at: str) -> None:
+    """Note in the outbox that `sku`'s `kind` (price or inventory) changed, in the caller's
+    transaction. Callers write it after every stock row they lock, by (SKU, kind) ascending: the
+    lock order is order, invoice sequence, stock by SKU, then changes by (SKU, kind)."""
+    if kind not in CHANGE_KINDS:
+        raise ValueError(f"unknown change kind {kind!r}")
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    statement = upsert(sku_changes).values(sku=sku, kind=kind, version=1, changed_at=at)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["sku", "kind"],
+            set_={
+                "version": sku_changes.c.version + 1,
+                "changed_at": statement.excluded.changed_at,
+            },
+        )
+    )

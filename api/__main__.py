@@ -82,8 +82,9 @@ def main() -> None:
     line = catalog_line(settings)
     # Loud when it will refuse every SKU.
     (log.warning if line.startswith("catalog: EMPTY") else log.info)("%s", line)
+    # uvicorn takes httptools and uvloop (dependencies) when they are installed: "auto".
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_gc=True),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,  # keep the format configure_logging set

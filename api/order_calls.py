@@ -96,6 +96,7 @@ def order_input(placement: OrderPlacement, settings: Settings, received_at: date
         placed_at=received_at,
         lock_ttl_seconds=lock_ttl.total_seconds(),
         late_call_window_seconds=parse_duration(settings.late_call_window).total_seconds(),
+        tracking_poll_seconds=parse_duration(settings.tracking_poll_interval).total_seconds(),
         placement_fingerprint=placement_fingerprint(placement),
     )
 
@@ -313,6 +314,7 @@ def _closed_order_conflict(view: OrderView) -> ApiError:
         OrderStatus.CANCELED: "OrderCanceled",
         OrderStatus.EXPIRED: "OrderExpired",
         OrderStatus.INVOICED: "OrderInvoiced",
+        OrderStatus.DELIVERED: "OrderInvoiced",
     }
     reason = f": {view.status_reason}" if view.status_reason else ""
     return ApiError(

@@ -11,9 +11,9 @@ pickup SLA names its store (`pickupStore`).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -64,6 +64,18 @@ class PickupStore(CamelModel):
     geo_coordinates: list[float] = Field(default_factory=list, max_length=2)
     additional_info: str = Field(default="", max_length=1000)
 
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """The answer's `pickupStoreInfo`, built once per table (shared by every answer: never
+        changed after)."""
+        store = self.model_dump(by_alias=True)
+        return {
+            "isPickupStore": True,
+            "friendlyName": store.pop("friendlyName"),
+            "additionalInfo": store.pop("additionalInfo"),
+            "address": {"addressType": "pickup", "receiverName": None, **store},
+        }
+
 
 class Sla(CamelModel):
     """A delivery method."""
@@ -98,9 +110,14 @@ class ShippingTable(CamelModel):
     ships_to: list[str] = Field(min_length=1)
     slas: list[Sla] = Field(min_length=1)
 
+    @cached_property
+    def countries(self) -> frozenset[str]:
+        """`ships_to` in capitals."""
+        return frozenset(code.upper() for code in self.ships_to)
+
     def reaching(self, country: str, postal_code: str) -> list[tuple[Sla, int]]:
         """The SLAs that reach the address, each with its price there."""
-        if country.upper() not in {code.upper() for code in self.ships_to}:
+        if country.upper() not in self.countries:
             return []
         found = [(sla, sla.price_for(postal_code)) for sla in self.slas]
         return [(sla, price) for sla, price in found if price is not None]

@@ -66,6 +66,9 @@ def simulate(
         if request.at_checkout
         else [(sla, sla.lowest_price) for sla in table.slas]
     )
+    # Built once per answer: every line that has stock ships by the same SLAs.
+    slas = [_sla(sla, price) for sla, price in reaching]
+    channels = _channels(reaching)
     items, logistics = [], []
     # What is left of each SKU for the cart's next line of it: two lines of one SKU share its
     # stock, so that together they never promise more than there is.
@@ -98,11 +101,11 @@ def simulate(
                 "itemIndex": index,
                 "quantity": quantity,
                 "shipsTo": table.ships_to,
-                "slas": [_sla(sla, price) for sla, price in reaching] if stock_balance else [],
+                "slas": slas if stock_balance else [],
                 "stockBalance": stock_balance,
                 "deliveryChannels": [
                     {"id": channel, "stockBalance": stock_balance if has else 0}
-                    for channel, has in _channels(reaching).items()
+                    for channel, has in channels
                 ],
             }
         )
@@ -116,21 +119,12 @@ def simulate(
     }
 
 
-def _channels(reaching: list[tuple[Sla, int]]) -> dict[str, bool]:
+def _channels(reaching: list[tuple[Sla, int]]) -> list[tuple[str, bool]]:
     present = {sla.delivery_channel for sla, _ in reaching}
-    return {channel: channel in present for channel in ("delivery", "pickup-in-point")}
+    return [(channel, channel in present) for channel in ("delivery", "pickup-in-point")]
 
 
 def _sla(sla: Sla, price: int) -> dict[str, Any]:
-    pickup = None
-    if sla.pickup_store is not None:
-        store = sla.pickup_store.model_dump(by_alias=True)
-        pickup = {
-            "isPickupStore": True,
-            "friendlyName": store.pop("friendlyName"),
-            "additionalInfo": store.pop("additionalInfo"),
-            "address": {"addressType": "pickup", "receiverName": None, **store},
-        }
     return {
         "id": sla.id,
         "deliveryChannel": sla.delivery_channel,
@@ -138,5 +132,5 @@ def _sla(sla: Sla, price: int) -> dict[str, Any]:
         "price": price,
         "shippingEstimate": sla.shipping_estimate,
         "availableDeliveryWindows": [],
-        "pickupStoreInfo": pickup,
+        "pickupStoreInfo": sla.pickup_store.info if sla.pickup_store is not None else None,
     }

@@ -45,7 +45,18 @@ logger = logging.getLogger(__name__)
 _CONTRACT_DIR = Path(__file__).resolve().parent.parent / "contract"
 SPEC_PATH = _CONTRACT_DIR / "vtex-external-seller-marketplace.openapi.json"
 
-CallKind = Literal["invoice", "tracking", "tracking_status", "cancel", "unknown"]
+CallKind = Literal[
+    "invoice",
+    "tracking",
+    "tracking_status",
+    "cancel",
+    "price_change",
+    "inventory_change",
+    "unknown",
+]
+
+# The change notifications (vtex-marketplace-change-notification.openapi.json): no body, 202.
+NOTIFICATION_KINDS = ("price_change", "inventory_change")
 
 # The request body schema of each marketplace endpoint, by call kind.
 SCHEMA_BY_KIND: dict[str, str] = {
@@ -54,6 +65,11 @@ SCHEMA_BY_KIND: dict[str, str] = {
     "tracking_status": "requestUpdateTrackingStatus",
     "cancel": "requestCancelOrderMarketplace",
 }
+
+# A change notification, under the account API's base (e.g. `/api`).
+_NOTIFICATION_ROUTE = re.compile(
+    r"/notificator/(?P<seller>[^/]+)/changenotification/(?P<sku>[^/]+)/(?P<kind>price|inventory)/?$"
+)
 
 # The tail of every marketplace route; whatever comes before it is the endpoint's own path.
 _ROUTE = re.compile(
@@ -81,6 +97,9 @@ class RecordedCall:
     errors: list[str]
     status: int
     received_at: datetime
+    # A change notification's seller and SKU, from its path.
+    seller_id: str | None = None
+    sku_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The call as `GET /calls` shows it."""
@@ -97,6 +116,8 @@ class RecordedCall:
             "errors": self.errors,
             "status": self.status,
             "receivedAt": self.received_at.isoformat(),
+            "sellerId": self.seller_id,
+            "skuId": self.sku_id,
         }
 
 
@@ -123,8 +144,9 @@ class FakeMarketplaceState:
 
     def fail_next(self, kind: str, times: int, status: int = 503) -> None:
         """Make the next `times` calls of `kind` answer `status` (after being recorded)."""
-        if kind not in SCHEMA_BY_KIND:
-            raise ValueError(f"unknown call kind {kind!r}; one of {sorted(SCHEMA_BY_KIND)}")
+        kinds = sorted([*SCHEMA_BY_KIND, *NOTIFICATION_KINDS])
+        if kind not in kinds:
+            raise ValueError(f"unknown call kind {kind!r}; one of {kinds}")
         if times < 0:
             raise ValueError("times must be >= 0")
         with self._lock:
@@ -282,6 +304,9 @@ async def _handle(state: FakeMarketplaceState, request: Request) -> Response:
 
     kind: CallKind = "unknown"
     order_id = invoice_number = injected = None
+    notification = _NOTIFICATION_ROUTE.search(raw_path.decode("latin-1"))
+    if notification is not None:
+        return _notification(state, request, notification, raw, received_at)
     if match is None:
         errors = ["no marketplace route ends this path (.../pvt/orders/{marketplaceOrderId}/...)"]
         status = 404
@@ -332,6 +357,46 @@ async def _handle(state: FakeMarketplaceState, request: Request) -> Response:
     return JSONResponse(
         {"date": datetime.now(UTC).isoformat(), "orderId": order_id, "receipt": uuid.uuid4().hex}
     )
+
+
+def _notification(
+    state: FakeMarketplaceState,
+    request: Request,
+    match: re.Match[str],
+    raw: bytes,
+    received_at: datetime,
+) -> Response:
+    """A change notification: recorded, answered 202 with no body (after any injected
+    failure)."""
+    kind: CallKind = "price_change" if match["kind"] == "price" else "inventory_change"
+    errors = []
+    if raw.strip():
+        errors.append(f"<body>: a change notification has no body, got {raw[:200]!r}")
+    injected = state._take_failure(kind)
+    status = injected or (400 if errors else 202)
+    call = RecordedCall(
+        kind=kind,
+        marketplace_order_id=None,
+        invoice_number=None,
+        method=request.method,
+        path=request.url.path,
+        query=request.url.query,
+        headers=dict(request.headers),
+        body=raw.decode("utf-8", errors="replace"),
+        valid=not errors,
+        errors=errors,
+        status=status,
+        received_at=received_at,
+        seller_id=unquote(match["seller"]),
+        sku_id=unquote(match["sku"]),
+    )
+    state._record(call)
+    logger.info(_log_line(call) + f" SKU {call.sku_id}")
+    if injected is not None:
+        return _error(status, "InjectedFailure", f"fail_next({kind!r}) answered {status}")
+    if errors:
+        return _error(400, "InvalidRequest", "; ".join(errors))
+    return Response(status_code=202)
 
 
 @dataclass

@@ -53,6 +53,7 @@ WAREHOUSE_STATES: dict[OrderStatus, set[str | None]] = {
     OrderStatus.CANCELING: {"reserved", "released", "invoiced"},
     OrderStatus.EXPIRING: {"reserved", "released"},
     OrderStatus.INVOICED: {"invoiced"},
+    OrderStatus.DELIVERED: {"invoiced"},
     OrderStatus.CANCELED: {None, "released"},
     OrderStatus.EXPIRED: {"released"},
 }
@@ -227,7 +228,7 @@ def _order_violations(
                 f"the order is {view.status}, the warehouse has it {state or 'not at all'}",
             )
         )
-    if view.status == OrderStatus.INVOICED and record is not None:
+    if view.status in (OrderStatus.INVOICED, OrderStatus.DELIVERED) and record is not None:
         number = view.invoice.invoice_number if view.invoice else None
         if number != record["invoice_number"]:
             violations.append(

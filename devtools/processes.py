@@ -232,6 +232,9 @@ class ProcessStack:
             "MARKETPLACE_ALLOWED_HOSTS": HOST,
             # Black-box: any SKU the tests order is sold, from 1,000 units.
             "DEFAULT_STOCK": "1000",
+            # Orders end `invoiced` (what the crash tests and the soak check); the parcel's
+            # journey is tests/test_delivery.py's.
+            "TRACKING_POLL_INTERVAL": "0s",
             "API_HOST": HOST,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),

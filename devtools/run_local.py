@@ -122,6 +122,12 @@ def main() -> None:
     # VTEX's hosts, and the fake marketplace on loopback (listed exactly: loopback is refused
     # otherwise).
     env.setdefault("MARKETPLACE_ALLOWED_HOSTS", f"{DEFAULT_MARKETPLACE_HOSTS},127.0.0.1")
+    # Price and stock changes go to the fake marketplace's account API too.
+    env.setdefault("CHANGE_NOTIFICATION_URL", f"http://127.0.0.1:{marketplace_port}/api")
+    env.setdefault("SELLER_ID", "seller1")
+    # An order is delivered about half a minute after its invoice, followed every 5 s.
+    env.setdefault("CARRIER_DELIVERY_TIME", "30s")
+    env.setdefault("TRACKING_POLL_INTERVAL", "5s")
 
     key_note = ensure_payload_encryption_key(env, data_dir)
 

@@ -41,7 +41,7 @@ from temporalio.service import RPCError
 from devtools.processes import ProcessStack
 from workflows import ids
 
-FINAL = ("invoiced", "canceled", "expired")
+FINAL = ("invoiced", "delivered", "canceled", "expired")
 SKUS = ("soak-a", "soak-b", "soak-c")
 # How each order ends its life, and how often (percent).
 FATES = {"dispatch": 60, "cancel": 25, "operator": 5, "expire": 10}

@@ -28,9 +28,16 @@ class LocalStack:
 @asynccontextmanager
 async def local_stack(client: Client, settings: Settings) -> AsyncIterator[LocalStack]:
     """Serve the API and run a worker with `settings` (its own task queue, data dir) until the
-    block exits."""
+    block exits.
+
+    With a SELLER_ID and no CHANGE_NOTIFICATION_URL, change notifications go to the fake
+    marketplace's account API (`{its url}/api`)."""
     stop, ready = asyncio.Event(), asyncio.Event()
     async with serve_fake_marketplace() as marketplace:
+        if settings.seller_id and not settings.change_notification_url:
+            settings = settings.model_copy(
+                update={"change_notification_url": f"{marketplace.url}/api"}
+            )
         worker = asyncio.create_task(run_worker(settings, client, stop, ready))
         try:
             await asyncio.wait_for(ready.wait(), 30)

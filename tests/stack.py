@@ -145,6 +145,8 @@ async def running_stack(
         "data_dir": data_dir,
         "fulfillment_step_seconds": 0.05,
         "late_call_window": "0s",
+        # Orders end `invoiced`, as most tests expect; tests/test_delivery.py follows parcels.
+        "tracking_poll_interval": "0s",
         "default_stock": 1000,
         "temporal_ui_url": "http://127.0.0.1:8233",
         # The fake marketplace listens on loopback: listed exactly, as make run does.

@@ -11,6 +11,7 @@ that the orders it stands for still replay is its whole point).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -20,15 +21,19 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from activities.change_notifications import sku_workflow_id
 from tests.stack import Stack, new_order_id, placement_example, running_stack
 from workflows.order import OrderWorkflow
+from workflows.sku_changes import SkuChangesWorkflow
 
 HISTORY_DIR = Path(__file__).resolve().parent / "histories"
 
 
 def replayer() -> Replayer:
-    """A replayer of the order workflow with the service's data converter."""
-    return Replayer(workflows=[OrderWorkflow], data_converter=pydantic_data_converter)
+    """A replayer of the service's workflows with its data converter."""
+    return Replayer(
+        workflows=[OrderWorkflow, SkuChangesWorkflow], data_converter=pydantic_data_converter
+    )
 
 
 async def _invoiced_then_refused(stack: Stack) -> str:
@@ -120,6 +125,28 @@ async def _refused_for_stock(stack: Stack) -> str:
     return order_id
 
 
+async def _delivered_then_refused(stack: Stack) -> str:
+    # Recorded with the parcel followed to delivery (`track-to-delivery`).
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+    assert (await stack.cancel(order_id)).status_code == 409
+    return order_id
+
+
+async def _sku_changes_burst(stack: Stack) -> str:
+    # A SKU's change notifications: a burst, coalesced, one notification of each kind.
+    sku = f"replay-{new_order_id()}"
+    for _ in range(3):
+        await stack.warehouse.restock(sku, 1)
+    for _ in range(400):  # 20 s
+        if [c for c in stack.marketplace.calls(kind="inventory_change") if c.sku_id == sku]:
+            return sku
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no inventory notification of {sku}")
+
+
 async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     histories: dict[str, WorkflowHistory] = {}
     async with running_stack(
@@ -128,6 +155,10 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
         fulfillment_step_seconds=0.5,
         late_call_window="2s",
         warehouse="tests.scripted_warehouse:ScriptedWarehouse.from_settings",
+        tracking_poll_interval="1s",
+        carrier_delivery_time="1s",
+        seller_id="seller1",
+        change_notification_debounce="1s",
     ) as stack:
         scenarios = {
             "invoiced_then_refused": _invoiced_then_refused,
@@ -139,12 +170,17 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "invoice_refused_for_good": _invoice_refused_for_good,
             "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
             "refused_for_stock": _refused_for_stock,
+            "delivered_then_refused": _delivered_then_refused,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)
             handle = stack.handle(order_id)
             await handle.result()  # the whole life, late-call window included
             histories[name] = await handle.fetch_history()
+        sku = await _sku_changes_burst(stack)
+        sku_handle = stack.client.get_workflow_handle(sku_workflow_id(sku))
+        await sku_handle.result()
+        histories["sku_changes_burst"] = await sku_handle.fetch_history()
 
     for name, history in histories.items():
         result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
@@ -165,6 +201,6 @@ async def test_committed_histories_replay() -> None:
     assert len(files) >= 3, f"expected the recorded histories in {HISTORY_DIR}"
 
     for file in files:
-        history = WorkflowHistory.from_json(f"order-{file.stem}", file.read_text())
+        history = WorkflowHistory.from_json(file.stem, file.read_text())
         result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{file.name}: {result.replay_failure}"

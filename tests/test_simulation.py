@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from activities import warehouse_store as store
 from activities.catalog import Catalog, CatalogEntry
+from api.catalog_check import read_offers
+from api.errors import ApiError
 from api.shipping import load_shipping_table
 from tests.stack import Stack, assert_matches_schema, new_order_id, placement_example, running_stack
 
@@ -194,3 +197,29 @@ async def test_a_catalog_that_cannot_be_read_is_a_503_for_placement_and_simulati
     for response in (simulated, placed):
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"]
+
+
+async def test_a_cart_longer_than_one_read_of_the_catalog_is_answered_whole(stack: Stack) -> None:
+    skus = [f"many-{n:04}" for n in range(700)]  # the catalog is read 500 SKUs at a time
+    Catalog.from_settings(stack.settings).load(
+        [CatalogEntry(sku=sku, name=sku, price=n + 1, stock=n) for n, sku in enumerate(skus)]
+    )
+
+    answer = await simulate(stack, cart(*[(sku, 1) for sku in [*skus, "unknown"]]))
+
+    assert [item["id"] for item in answer["items"]] == skus
+    assert [item["price"] for item in answer["items"]] == list(range(1, 701))
+    assert [info["stockBalance"] for info in answer["logisticsInfo"]] == list(range(700))
+
+
+async def test_the_catalogs_driver_failing_mid_read_is_a_503(
+    warehouse_store: str | Path,
+) -> None:
+    catalog = Catalog(warehouse_store)
+    catalog.load([CatalogEntry(sku="shoe", name="Shoe", price=2499, stock=1)])
+    with store.engine_for(catalog.url).begin() as connection:
+        connection.exec_driver_sql("DROP TABLE catalog")  # every read of it fails in the driver
+
+    with pytest.raises(ApiError) as refused:
+        await read_offers(catalog, ["shoe"])
+    assert refused.value.status == 503

@@ -139,7 +139,8 @@ def test_the_contract_copy_is_vtexs_file(name: str, schemas: set[str]) -> None:
 def test_the_lifecycle_only_moves_forward_and_ends() -> None:
     S = OrderStatus
     assert set(NEXT_STATUSES) == set(S)
-    # From every status a final one is reachable, and a final status goes nowhere.
+    # From every status a final one is reachable, and a final status goes nowhere but to another
+    # final one (the one such move: an invoiced parcel delivered).
     for status in S:
         seen, frontier = {status}, [status]
         while frontier:
@@ -148,7 +149,14 @@ def test_the_lifecycle_only_moves_forward_and_ends() -> None:
                     seen.add(target)
                     frontier.append(target)
         assert any(is_final(s) for s in seen), status
-        assert is_final(status) == (not NEXT_STATUSES[status])
+        if is_final(status):
+            assert all(is_final(target) for target in NEXT_STATUSES[status]), status
+        else:
+            assert NEXT_STATUSES[status], status
+    assert [(s, t) for s in S if is_final(s) for t in NEXT_STATUSES[s]] == [
+        (S.INVOICED, S.DELIVERED)
+    ]
+    assert dispatch_refusal(S.DELIVERED) == "OrderInvoiced"
     # Once the stock is being given back, nothing can start the work the compensation undoes.
     assert not can_move(S.CANCELING, S.FULFILLING)
     assert not can_move(S.EXPIRING, S.FULFILLING)

@@ -2,7 +2,7 @@
 
 An order moves only forward, and only along these arrows:
 
-    reserving ──▶ placed ──dispatch──▶ fulfilling ──invoice committed──▶ invoiced
+    reserving ──▶ placed ──dispatch──▶ fulfilling ──invoice committed──▶ invoiced ──▶ delivered
         │           │  │                   │                                ▲
         │           │  └─lockTTL─▶ expiring ──▶ expired                     │ release refused:
         │           │                                                       │ the invoice won
@@ -24,7 +24,8 @@ NEXT_STATUSES: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.FULFILLING: frozenset({S.INVOICED, S.CANCELING}),
     S.CANCELING: frozenset({S.CANCELED, S.INVOICED}),
     S.EXPIRING: frozenset({S.EXPIRED}),
-    S.INVOICED: frozenset(),
+    S.INVOICED: frozenset({S.DELIVERED}),
+    S.DELIVERED: frozenset(),
     S.CANCELED: frozenset(),
     S.EXPIRED: frozenset(),
 }
@@ -32,7 +33,7 @@ NEXT_STATUSES: dict[OrderStatus, frozenset[OrderStatus]] = {
 # Where a cancellation, once it reaches the order, is confirmed: the order will not be fulfilled.
 CANCEL_CONFIRMED_IN = frozenset({S.CANCELED, S.EXPIRED})
 # Where a cancellation is refused: the invoice is committed, the point of no return is behind.
-CANCEL_REFUSED_IN = frozenset({S.INVOICED})
+CANCEL_REFUSED_IN = frozenset({S.INVOICED, S.DELIVERED})
 # Where a cancellation starts the compensation (the order moves to `canceling`).
 CANCEL_STARTS_IN = frozenset({S.RESERVING, S.PLACED, S.FULFILLING})
 
@@ -53,9 +54,11 @@ def dispatch_refusal(status: OrderStatus) -> str | None:
         return "OrderExpired"
     if status in (S.CANCELING, S.CANCELED):
         return "OrderCanceled"
-    return "OrderInvoiced" if status == S.INVOICED else "OrderAlreadyDispatched"
+    if status in CANCEL_REFUSED_IN:
+        return "OrderInvoiced"
+    return "OrderAlreadyDispatched"
 
 
 def is_final(status: OrderStatus) -> bool:
-    """Whether the order's life is over (invoiced, canceled or expired)."""
+    """Whether the order's fate is settled (invoiced or delivered, canceled, expired)."""
     return status in FINAL_STATUSES

@@ -29,7 +29,8 @@ class CamelModel(BaseModel):
 
 
 class OrderStatus(StrEnum):
-    """Where an order is. `invoiced`, `canceled` and `expired` are final.
+    """Where an order is. `invoiced`, `delivered`, `canceled` and `expired` are final: the
+    order's fate is settled (an invoiced order then follows its parcel until `delivered`).
 
     `reserving`, `canceling` and `expiring` are the moments in between: the stock is being held,
     or given back. While an order is `canceling` or `expiring` no dispatch is accepted, so that
@@ -42,11 +43,14 @@ class OrderStatus(StrEnum):
     CANCELING = "canceling"
     EXPIRING = "expiring"
     INVOICED = "invoiced"
+    DELIVERED = "delivered"
     CANCELED = "canceled"
     EXPIRED = "expired"
 
 
-FINAL_STATUSES = frozenset({OrderStatus.INVOICED, OrderStatus.CANCELED, OrderStatus.EXPIRED})
+FINAL_STATUSES = frozenset(
+    {OrderStatus.INVOICED, OrderStatus.DELIVERED, OrderStatus.CANCELED, OrderStatus.EXPIRED}
+)
 
 
 class FulfillmentStep(StrEnum):
@@ -82,6 +86,9 @@ class OrderInput(CamelModel):
     late_call_window_seconds: float
     # A digest of the placement body: a repeated placement must be the same placement.
     placement_fingerprint: str = ""
+    # How often the invoiced order asks the carrier where its parcel is (TRACKING_POLL_INTERVAL);
+    # 0: it does not follow it, and ends `invoiced` (orders placed before tracking existed).
+    tracking_poll_seconds: float = 0.0
 
 
 class PlaceRequest(CamelModel):
@@ -180,6 +187,31 @@ class InvoiceView(CamelModel):
     resent_count: int = 0
 
 
+class TrackingEventView(CamelModel):
+    """One carrier event, as posted to the marketplace."""
+
+    description: str
+    date: str
+    city: str | None = None
+    state: str | None = None
+
+
+class DeliveryView(CamelModel):
+    """The parcel's journey after the invoice, as the carrier reports it."""
+
+    delivered: bool = False
+    events: list[TrackingEventView] = []
+    last_polled_at: datetime | None = None
+    # How many of the events the marketplace has taken, and the last error of a post it refused.
+    events_reported: int = 0
+    reported_at: datetime | None = None
+    report_error: str | None = None
+    # How many posts the marketplace refused for good.
+    report_refusals: int = 0
+    # Why the order stopped following its parcel before delivery, if it did.
+    stopped: str | None = None
+
+
 class PendingCall(CamelModel):
     """An activity of the order in flight: a step, or a call the marketplace has not taken yet."""
 
@@ -205,6 +237,7 @@ class OrderView(CamelModel):
     lock_expires_at: datetime | None = None
     dispatched_at: datetime | None = None
     invoiced_at: datetime | None = None
+    delivered_at: datetime | None = None
     canceled_at: datetime | None = None
     expired_at: datetime | None = None
     closes_at: datetime | None = None
@@ -216,5 +249,6 @@ class OrderView(CamelModel):
     compensations: list[str] = []
     tracking: Tracking | None = None
     invoice: InvoiceView | None = None
+    delivery: DeliveryView | None = None
     # Filled in by the API from Temporal (the workflow cannot see its activities' retries).
     pending_calls: list[PendingCall] = []

@@ -1,6 +1,6 @@
 """The life of one order, read top to bottom.
 
-reserving ─▶ placed ──dispatch──▶ fulfilling: pick ▸ pack ▸ ship ▸ invoice ──▶ invoiced
+reserving ─▶ placed ──dispatch──▶ fulfilling: pick ▸ pack ▸ ship ▸ invoice ──▶ invoiced ─▶ delivered
                 │  │                   │
                 │  └lockTTL▶ expiring ─┼──────────────▶ expired
                 │                      ▼
@@ -15,8 +15,10 @@ arrived. A cancellation aborts the running step mid-way, waits until it has real
 releases the stock and voids the label. The invoice (the warehouse's atomic issue, racing
 `release`) is the one point of no return: once issued, a cancellation is refused and the invoice
 sent to the marketplace again. A step that fails for good cancels the order the same way and tells
-the marketplace. After the order ends, the workflow stays open for the late-call window so late
-calls are still answered by the order itself.
+the marketplace. An invoiced order then follows its parcel: it asks the carrier every
+TRACKING_POLL_INTERVAL (a durable timer between polls), posts each new event to the marketplace,
+and is `delivered` when the carrier says so. After the order ends, the workflow stays open for the
+late-call window so late calls are still answered by the order itself.
 
 An operator's "Request Cancellation" in the Temporal UI cancels only `run`'s own wait: it is
 recorded as the seller's cancellation intent, and the life goes on to compensate it; nothing the
@@ -36,8 +38,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
-    from activities.marketplace import CancellationNotice, InvoiceNotice, TrackingNotice
-    from activities.warehouse import Invoice, ShippingLabel, WarehouseOrder
+    from activities.marketplace import (
+        CancellationNotice,
+        InvoiceNotice,
+        TrackingNotice,
+        TrackingStatusNotice,
+    )
+    from activities.warehouse import Invoice, ParcelStatus, ShippingLabel, WarehouseOrder
     from workflows import search
     from workflows.lifecycle import (
         CANCEL_REFUSED_IN,
@@ -50,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         VTEX_DATE_FORMAT,
         Cancellation,
         CancelRequest,
+        DeliveryView,
         DispatchRequest,
         FulfillmentStep,
         InvoiceView,
@@ -61,7 +69,9 @@ with workflow.unsafe.imports_passed_through():
         PlaceRequest,
         StepRecord,
         Tracking,
+        TrackingEventView,
     )
+    from workflows.policies import MARKETPLACE_CALL_TIMEOUT, MARKETPLACE_RETRY
 
 # A warehouse step may take hours in a real warehouse; a dead worker is noticed by the missed
 # heartbeats instead, after HEARTBEAT_TIMEOUT, and the step is retried on another worker. Every
@@ -70,17 +80,11 @@ with workflow.unsafe.imports_passed_through():
 STEP_TIMEOUT = timedelta(hours=24)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 WAREHOUSE_CALL_TIMEOUT = timedelta(minutes=5)
-MARKETPLACE_CALL_TIMEOUT = timedelta(seconds=60)
-# No maximum of attempts on purpose, for both: what reaches these retries is transient by
-# construction (the activities turn every error retrying cannot fix into a non-retryable
-# ApplicationError), the invoice must reach the marketplace however long it is down, and the stock
-# must be given back however long the warehouse is. Ops see each attempt and its last error in
+# No maximum of attempts on purpose, for the warehouse as for the marketplace
+# (workflows/policies.py): what reaches these retries is transient by construction (the activities
+# turn every error retrying cannot fix into a non-retryable ApplicationError), and the stock must
+# be given back however long the warehouse is down. Ops see each attempt and its last error in
 # GET /pvt/orders/{orderId} (`pendingActivities`) and in the Temporal UI's pending activities.
-MARKETPLACE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-)
 WAREHOUSE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -94,6 +98,20 @@ COMPENSATION_RETRY_AFTER = timedelta(minutes=1)
 RELEASE_AFTER_FAILED_RESERVATION = "release-after-failed-reservation"
 COMMITTED_INVOICE_FETCH_RETRIED = "committed-invoice-fetch-retried"
 REFUSAL_ANSWERS_BEFORE_RESEND = "refusal-answers-before-resend"
+TRACK_TO_DELIVERY = "track-to-delivery"
+
+# A parcel the carrier has not delivered within 60 days, or by the time the order's history has
+# 20,000 events (a poll costs about 14; Temporal ends a workflow at 51,200), is left to people:
+# the order shows `attention`. At hourly polls the two bounds meet at about 59 days; polls every
+# 5 minutes reach the events' bound in about 5 days.
+TRACKING_GIVES_UP_AFTER = timedelta(days=60)
+TRACKING_HISTORY_LIMIT = 20_000
+MIN_TRACKING_POLL = timedelta(seconds=1)
+# A carrier that cannot answer for a day: the order stops following (and shows `attention`).
+TRACKING_CALL_GIVES_UP_AFTER = timedelta(days=1)
+# A delivered status the marketplace refuses for good this many times: delivered anyway, with
+# `attention`.
+DELIVERED_REPORT_TRIES = 3
 
 # The transitions counted in the `seller_orders` metric, by the name of their event.
 COUNTED_EVENTS = {
@@ -101,6 +119,7 @@ COUNTED_EVENTS = {
     OrderStatus.FULFILLING: "dispatched",
     OrderStatus.CANCELED: "canceled",
     OrderStatus.INVOICED: "invoiced",
+    OrderStatus.DELIVERED: "delivered",
     OrderStatus.EXPIRED: "expired",
 }
 
@@ -164,6 +183,7 @@ class OrderWorkflow:
         self._label: ShippingLabel | None = None
         self._invoice: Invoice | None = None
         self._invoice_view: InvoiceView | None = None
+        self._delivery: DeliveryView | None = None
         self._compensations: list[str] = []
         self._ended_at: dict[OrderStatus, datetime] = {}
         self._closes_at: datetime | None = None
@@ -207,6 +227,11 @@ class OrderWorkflow:
             await self._compensate()
         if self._status == OrderStatus.INVOICED:
             await self._notify_marketplace()
+            sent = self._invoice_view is not None and self._invoice_view.sent_at is not None
+            # Only an invoice the marketplace took has a tracking status to post to.
+            follows = sent and self._label is not None and self._order.tracking_poll_seconds > 0
+            if follows and workflow.patched(TRACK_TO_DELIVERY):
+                await self._follow_parcel()
         elif self._status == OrderStatus.CANCELED:
             await self._tell_marketplace_of_seller_cancellation()
 
@@ -485,6 +510,111 @@ class OrderWorkflow:
             view.tracking_send_error = failure_text(err)
         self._show()
 
+    async def _follow_parcel(self) -> None:
+        """Ask the carrier where the parcel is, post each news, until it is delivered.
+
+        A durable timer between polls: a worker that dies mid-wait costs nothing. An operator's
+        cancellation in Temporal stops the following at once, a poll or a post in flight
+        included (the order is sold; the parcel goes on).
+        """
+        assert self._invoice is not None
+        delivery = self._delivery = DeliveryView()
+        poll = max(timedelta(seconds=self._order.tracking_poll_seconds), MIN_TRACKING_POLL)
+        give_up_at = workflow.now() + TRACKING_GIVES_UP_AFTER
+        reported: ParcelStatus | None = None  # what the marketplace has taken
+        while not self._close_early:
+            if workflow.now() >= give_up_at:
+                delivery.stopped = f"not delivered within {TRACKING_GIVES_UP_AFTER.days} days"
+            elif workflow.info().get_current_history_length() >= TRACKING_HISTORY_LIMIT:
+                delivery.stopped = f"not delivered within {TRACKING_HISTORY_LIMIT} history events"
+            if delivery.stopped:
+                self._attention = f"parcel not followed any more ({delivery.stopped}): follow it up"
+                break
+            try:
+                parcel: ParcelStatus | None = await self._unless_closed(
+                    workflow.start_activity_method(
+                        FulfillmentActivities.track_parcel,
+                        self._warehouse_order,
+                        start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                        schedule_to_close_timeout=TRACKING_CALL_GIVES_UP_AFTER,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        retry_policy=WAREHOUSE_RETRY,
+                        summary=f"track the parcel of {self._invoice.invoice_number}",
+                    )
+                )
+            except ActivityError as err:
+                delivery.stopped = f"the carrier cannot track it: {failure_text(err)}"
+                self._attention = f"parcel not followed any more ({delivery.stopped})"
+                break
+            if parcel is None:
+                break  # closed by an operator
+            delivery.last_polled_at = workflow.now()
+            delivery.events = [TrackingEventView(**e.model_dump()) for e in parcel.events]
+            if parcel != reported and await self._report_parcel(parcel):
+                reported = parcel
+            refused_for_good = delivery.report_refusals >= DELIVERED_REPORT_TRIES
+            if parcel.delivered and (parcel == reported or refused_for_good):
+                delivery.delivered = True
+                if parcel != reported:
+                    self._attention = (
+                        f"the marketplace refused the delivered status: {delivery.report_error}"
+                    )
+                self._move(OrderStatus.DELIVERED)
+                return
+            self._show()
+            await self._until(lambda: self._close_early, within=poll, summary="next tracking poll")
+        delivery.stopped = delivery.stopped or "an operator closed the order in Temporal"
+        workflow.logger.warning(
+            "order %s: parcel no longer followed: %s", self._order.order_id, delivery.stopped
+        )
+        self._show()
+
+    async def _report_parcel(self, parcel: ParcelStatus) -> bool:
+        """Post the parcel's events to the marketplace; whether it took them. A refusal is kept
+        (`reportError`), and the next poll posts them again."""
+        assert self._invoice is not None and self._delivery is not None
+        delivery = self._delivery
+        try:
+            answer = await self._unless_closed(
+                workflow.start_activity_method(
+                    FulfillmentActivities.send_tracking_status,
+                    TrackingStatusNotice(
+                        marketplace_services_endpoint=self._order.marketplace_services_endpoint,
+                        marketplace_order_id=self._order.marketplace_order_id,
+                        invoice_number=self._invoice.invoice_number,
+                        is_delivered=parcel.delivered,
+                        events=parcel.events,
+                    ),
+                    start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                    retry_policy=MARKETPLACE_RETRY,
+                    summary=f"send tracking status of {self._invoice.invoice_number}"
+                    + (" (delivered)" if parcel.delivered else f" ({len(parcel.events)} events)"),
+                )
+            )
+        except ActivityError as err:
+            delivery.report_error = failure_text(err)
+            delivery.report_refusals += 1
+            return False
+        if answer is None:
+            return False  # closed by an operator
+        delivery.events_reported = len(parcel.events)
+        delivery.reported_at = workflow.now()
+        delivery.report_error = None
+        return True
+
+    async def _unless_closed(self, handle: workflow.ActivityHandle[Any]) -> Any:
+        """The activity's result, or None once an operator closed the order in Temporal (the
+        activity is then cancelled)."""
+        await self._until(lambda: handle.done() or self._close_early)
+        if not handle.done():
+            handle.cancel()
+        try:
+            return await handle
+        except (ActivityError, asyncio.CancelledError):
+            if self._close_early:
+                return None
+            raise
+
     async def _send_invoice(self) -> None:
         assert self._invoice is not None
         await workflow.execute_activity_method(
@@ -676,8 +806,8 @@ class OrderWorkflow:
             except ActivityError as err:
                 self._invoice_view.send_error = failure_text(err)
         raise ApplicationError(
-            f"order {self._order.order_id} is invoiced ({self._invoice.invoice_number}) and can no "
-            f"longer be canceled; {resend}",
+            f"order {self._order.order_id} is {self._status} ({self._invoice.invoice_number}) and "
+            f"can no longer be canceled; {resend}",
             type="OrderInvoiced",
             non_retryable=True,
         )
@@ -714,6 +844,7 @@ class OrderWorkflow:
             lock_expires_at=self._lock_expires_at,
             dispatched_at=self._dispatched_at,
             invoiced_at=self._ended_at.get(OrderStatus.INVOICED),
+            delivered_at=self._ended_at.get(OrderStatus.DELIVERED),
             canceled_at=self._ended_at.get(OrderStatus.CANCELED),
             expired_at=self._ended_at.get(OrderStatus.EXPIRED),
             closes_at=self._closes_at,
@@ -725,6 +856,7 @@ class OrderWorkflow:
             compensations=self._compensations,
             tracking=self._tracking,
             invoice=self._invoice_view,
+            delivery=self._delivery,
         )
 
     # ── Helpers ───────────────────────────────────────────────────────────────────────────
@@ -815,6 +947,9 @@ class OrderWorkflow:
             details.append(f"attention: {self._attention}")
         if self._invoice is not None:
             details.append(f"invoice {self._invoice.invoice_number}")
+        delivery = self._delivery
+        if delivery is not None and delivery.events and self._status == OrderStatus.INVOICED:
+            details.append(f"parcel: {delivery.events[-1].description}")
         if is_final(self._status) and self._closes_at is not None:
             details.append(f"open for late calls until {self._closes_at:%Y-%m-%d %H:%M:%S} UTC")
         workflow.set_current_details(" · ".join(details))

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.catalog_check import read_offers
-from api.deps import CatalogDep, SettingsDep, require_vtex_credentials
+from api.deps import CatalogDep, require_vtex_credentials
 from api.errors import ApiError, read_json, validation_error
 from api.models import ErrorBody
 from api.shipping import load_shipping_table
@@ -42,9 +42,7 @@ router = APIRouter(
         }
     },
 )
-async def fulfillment_simulation(
-    request: Request, settings: SettingsDep, catalog: CatalogDep
-) -> JSONResponse:
+async def fulfillment_simulation(request: Request, catalog: CatalogDep) -> JSONResponse:
     """Prices, stock and delivery methods of the cart's SKUs (unknown ones: unavailable)."""
     payload = await read_json(request)
     try:
@@ -52,7 +50,8 @@ async def fulfillment_simulation(
     except ValidationError as err:
         raise validation_error(err) from err
     try:
-        table = load_shipping_table(settings.shipping_table_path)
+        # The path the app resolved once (api/app.py); the table is read once per process.
+        table = load_shipping_table(request.app.state.shipping_table_path)
     except ValueError as err:
         raise ApiError(503, "ServiceUnavailable", str(err), headers={"Retry-After": "30"}) from err
     offers = await read_offers(catalog, [item.id for item in simulation.items])

@@ -1,0 +1,194 @@
+"""Tracking to delivery: after the invoice, the order asks the (simulated) carrier where the parcel
+is, with a durable timer between polls, posts each new event to the marketplace
+(`POST .../invoice/{invoiceNumber}/tracking`, VTEX's `requestUpdateTrackingStatus`, checked by the
+fake marketplace) with `isDelivered` false, then true, and ends `delivered`; a cancellation after
+the invoice is refused all along."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+
+from activities.simulated_warehouse import SimulatedWarehouse
+from tests.stack import new_order_id, running_stack
+
+
+class NoTrackingWarehouse(SimulatedWarehouse):
+    """A warehouse written before tracking existed: it has no `track`."""
+
+    track = None  # type: ignore[assignment]
+
+
+def following(temporal_env: WorkflowEnvironment, tmp_path: Path, **overrides: Any) -> Any:
+    # The carrier: collected at once, in transit after 1 s, delivered after 2 s; polled every 1 s.
+    values = {"tracking_poll_interval": "1s", "carrier_delivery_time": "2s"}
+    return running_stack(temporal_env, tmp_path, **(values | overrides))
+
+
+async def test_an_invoiced_order_follows_its_parcel_to_delivered(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(temporal_env, tmp_path) as stack:
+        order_id = new_order_id()
+        assert (await stack.place(order_id)).status_code == 200
+        assert (await stack.dispatch(order_id)).status_code == 200
+        invoiced = await stack.wait_for(order_id, lambda o: o["status"] == "invoiced")
+
+        # In transit: a cancellation is refused as after the invoice (the invoice goes again).
+        refused = await stack.cancel(order_id)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "OrderInvoiced"
+
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+        after = await stack.cancel(order_id)
+        history = [event async for event in stack.handle(order_id).fetch_history_events()]
+
+    # The cancellation's update id is fixed: its retry gets the first answer.
+    assert after.status_code == 409 and after.json() == refused.json()
+    number = invoiced["invoice"]["invoiceNumber"]
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    assert posts and all(post.valid for post in posts), [post.errors for post in posts]
+    assert all(post.invoice_number == number for post in posts)
+    assert all(post.path.endswith(f"/invoice/{number}/tracking") for post in posts)
+    delivered = [post.body["isDelivered"] for post in posts]
+    assert delivered[-1] is True and not any(delivered[:-1])
+    # Each post has more events than the one before: a poll with nothing new posts nothing.
+    counts = [len(post.body["events"]) for post in posts]
+    assert counts == sorted(set(counts)) and counts[-1] == 3, counts
+    last = posts[-1].body["events"]
+    assert [event["description"] for event in last] == [
+        "Collected by Simulated Carrier",
+        "In transit to Rio de Janeiro",
+        "Delivered",
+    ]
+    assert last[-1]["city"] == "Rio de Janeiro" and len(last[-1]["date"]) == len("2021-03-16")
+
+    assert order["delivery"]["delivered"] is True
+    assert order["delivery"]["eventsReported"] == 3
+    assert order["invoicedAt"] < order["deliveredAt"]
+    assert order["cancellation"]["outcome"] == "refused"
+    # Durable timers between the polls.
+    fired = [e for e in history if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
+    assert fired, "no timer between polls"
+
+
+async def test_a_tracking_status_the_marketplace_refuses_for_now_is_sent_again(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(
+        temporal_env, tmp_path, carrier_delivery_time="1s", late_call_window="1m"
+    ) as stack:
+        stack.marketplace.fail_next("tracking_status", 2, status=503)
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+        # Delivered: a first cancellation is refused as after the invoice.
+        refused = await stack.cancel(order_id)
+        await stack.marketplace.wait_for_calls(2, kind="invoice", marketplace_order_id=order_id)
+
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "OrderInvoiced"
+    assert "is delivered" in refused.json()["error"]["message"]
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    assert [post.status for post in posts[:2]] == [503, 503]
+    assert posts[-1].status == 200 and posts[-1].body["isDelivered"] is True
+    assert order["delivery"]["reportError"] is None
+
+
+async def test_an_operator_closing_the_order_stops_following_the_parcel(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        await stack.wait_for(
+            order_id, lambda o: o["delivery"] and o["delivery"]["eventsReported"] == 1
+        )
+        await stack.handle(order_id).cancel()
+        view = await stack.handle(order_id).result()
+
+    assert view.status == "invoiced"
+    assert view.delivery is not None and view.delivery.stopped
+    assert "operator" in view.delivery.stopped
+
+
+async def test_with_no_tracking_interval_the_order_ends_invoiced(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(temporal_env, tmp_path) as stack:  # TRACKING_POLL_INTERVAL=0s
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        view = await stack.handle(order_id).result()
+
+    assert view.status == "invoiced" and view.delivery is None
+    assert stack.marketplace.calls(kind="tracking_status") == []
+
+
+async def test_a_delivered_status_the_marketplace_refuses_once_is_posted_again(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="0s") as stack:
+        stack.marketplace.fail_next("tracking_status", 1, status=400)
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    assert [(post.status, post.body["isDelivered"]) for post in posts] == [(400, True), (200, True)]
+    assert order["delivery"]["eventsReported"] == 3 and order["attention"] is None
+
+
+async def test_a_delivered_status_refused_for_good_is_delivered_with_attention(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="0s") as stack:
+        stack.marketplace.fail_next("tracking_status", 3, status=400)
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    assert [post.status for post in posts] == [400, 400, 400]
+    assert order["delivery"]["reportRefusals"] == 3
+    assert "refused the delivered status" in order["attention"]
+
+
+async def test_an_operator_closing_the_order_stops_a_post_being_retried(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with following(temporal_env, tmp_path) as stack:
+        stack.marketplace.fail_next("tracking_status", 1000, status=503)
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        await stack.marketplace.wait_for_calls(
+            2, kind="tracking_status", marketplace_order_id=order_id
+        )
+        await stack.handle(order_id).cancel()
+        view = await asyncio.wait_for(stack.handle(order_id).result(), 10)
+
+    assert view.status == "invoiced"
+    assert view.delivery is not None and "operator" in (view.delivery.stopped or "")
+
+
+async def test_a_warehouse_without_tracking_stops_following_visibly(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    factory = "tests.test_delivery:NoTrackingWarehouse.from_settings"
+    async with following(temporal_env, tmp_path, warehouse=factory) as stack:
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        view = await asyncio.wait_for(stack.handle(order_id).result(), 20)
+
+    assert view.status == "invoiced"
+    assert view.delivery is not None and "TrackingUnsupported" in (view.delivery.stopped or "")
+    assert view.attention and "not followed" in view.attention
