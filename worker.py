@@ -26,7 +26,7 @@ from activities.change_notifications import (
     NOTIFICATION_SLOTS,
     ChangeNotificationActivities,
     ChangeRelay,
-    check_notification_settings,
+    notification_settings_problem,
     sku_task_queue,
 )
 from activities.fulfillment import FulfillmentActivities
@@ -114,7 +114,6 @@ async def run_worker(
 ) -> None:
     """Run a worker until `stop` is set; sets `ready` once it polls the task queue."""
     await ensure_search_attributes(client, settings.temporal_namespace)
-    check_notification_settings(settings)
     async with AsyncExitStack() as stack:
         warehouse = load_warehouse(settings)
         stack.push_async_callback(warehouse.close)
@@ -125,13 +124,21 @@ async def run_worker(
             marketplace, settings.change_notification_url, settings.seller_id
         )
         # The SKUs' change notifications on a queue of their own, with few slots: they never
-        # hold the slots orders are placed with.
-        sku_worker = Worker(
-            client,
-            task_queue=sku_task_queue(settings.task_queue),
-            workflows=[SkuChangesWorkflow],
-            activities=[notifications.notify_change],
-            max_concurrent_activities=NOTIFICATION_SLOTS,
+        # hold the slots orders are placed with. Only a worker that can send them polls it: one
+        # without the settings would fail them for good.
+        problem = notification_settings_problem(settings)
+        if problem and settings.change_notification_url + settings.seller_id:
+            log.error("change notifications are off on this worker: %s", problem)
+        sku_worker = (
+            None
+            if problem
+            else Worker(
+                client,
+                task_queue=sku_task_queue(settings.task_queue),
+                workflows=[SkuChangesWorkflow],
+                activities=[notifications.notify_change],
+                max_concurrent_activities=NOTIFICATION_SLOTS,
+            )
         )
         worker = Worker(
             client,
@@ -145,7 +152,7 @@ async def run_worker(
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
             max_concurrent_activities=settings.worker_max_concurrent_activities,
         )
-        async with worker, sku_worker:
+        async with worker, sku_worker or AsyncExitStack():
             log.info(
                 "worker polling task queue %r on %s (warehouse %s)",
                 settings.task_queue,
@@ -153,7 +160,7 @@ async def run_worker(
                 settings.warehouse,
             )
             relay = None
-            if settings.change_notifications_enabled:
+            if sku_worker is not None:
                 relay = asyncio.create_task(ChangeRelay.from_settings(client, settings).run(stop))
             if ready is not None:
                 ready.set()

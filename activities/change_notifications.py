@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 from temporalio import activity
@@ -29,20 +30,13 @@ from activities import warehouse_store as store
 from activities.marketplace import ChangeNotice, MarketplaceAnswer, MarketplaceClient
 from activities.marketplace_hosts import HostPolicy
 from activities.warehouse_store import sku_changes
+from workflows import ids
 from workflows.messages import CamelModel
 
 if TYPE_CHECKING:
     from config import Settings
 
 log = logging.getLogger(__name__)
-
-SKU_WORKFLOW_PREFIX = "sku-changes-"
-
-
-def sku_workflow_id(sku: str) -> str:
-    """The id of a SKU's change-notification workflow: one per SKU, whichever relay starts it."""
-    return f"{SKU_WORKFLOW_PREFIX}{sku}"
-
 
 # The SKU workflows run on a task queue of their own, with few activity slots: a catalog load of
 # thousands of SKUs while the marketplace is slow must not hold the slots that place orders.
@@ -99,16 +93,22 @@ class ChangeNotificationActivities:
         return answer
 
 
-def check_notification_settings(settings: Settings) -> None:
-    """Refuse, at the worker's start, a CHANGE_NOTIFICATION_URL no notification could be sent
-    to: every one would fail for good, silently for the marketplace."""
+def notification_settings_problem(settings: Settings) -> str | None:
+    """Why no notification could be sent with these settings, or None. A worker with a problem
+    runs no relay and no SKU worker: the changes wait in the outbox, none lost, until it is
+    fixed (a notification sent to a wrong URL would be refused, and lost)."""
     if not settings.change_notifications_enabled:
-        return
-    refusal = HostPolicy.parse(settings.marketplace_allowed_hosts).refusal(
-        settings.change_notification_url
-    )
+        return "CHANGE_NOTIFICATION_URL and SELLER_ID are not both set"
+    url = settings.change_notification_url
+    refusal = HostPolicy.parse(settings.marketplace_allowed_hosts).refusal(url)
     if refusal:
-        raise RuntimeError(f"CHANGE_NOTIFICATION_URL {refusal}")
+        return f"CHANGE_NOTIFICATION_URL {refusal}"
+    if urlsplit(url).path.rstrip("/") != "/api" or urlsplit(url).query:
+        return (
+            f"CHANGE_NOTIFICATION_URL {url} is not the marketplace's account API, "
+            "https://{accountName}.vtexcommercestable.com.br/api"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class ChangeRelay:
         return cls(
             client,
             ChangeOutbox(settings.warehouse_store),
-            sku_task_queue(settings.task_queue),
+            settings.task_queue,
             settings.change_notification_debounce_seconds,
         )
 
@@ -247,8 +247,8 @@ class ChangeRelay:
         await self._client.start_workflow(
             SkuChangesWorkflow.run,
             SkuChangesInput(sku=change.sku, debounce_seconds=self._debounce_seconds),
-            id=sku_workflow_id(change.sku),
-            task_queue=self._task_queue,
+            id=ids.sku_changes_workflow_id(self._task_queue, change.sku),
+            task_queue=sku_task_queue(self._task_queue),
             start_signal="changed",
             start_signal_args=[SkuChange(kind=change.kind)],
             static_summary=f"change notifications of SKU {change.sku}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -123,8 +123,9 @@ class FulfillmentActivities:
         track = getattr(self._warehouse, "track", None)
         if track is None:  # a warehouse written before tracking: following ends, visibly
             raise ApplicationError(
-                f"the warehouse {type(self._warehouse).__name__} has no track(): set "
-                "TRACKING_POLL_INTERVAL=0s, or give it one",
+                f"the warehouse {type(self._warehouse).__name__} has no track(): give it one, "
+                "or set TRACKING_POLL_INTERVAL=0s on the API (orders placed from then on do not "
+                "follow their parcel)",
                 type="TrackingUnsupported",
                 non_retryable=True,
             )
@@ -191,7 +192,8 @@ async def _warehouse_call(step: str, order_id: str, call: Awaitable[T]) -> T:
     started = time.monotonic()
     activity.logger.info("%s started for order %s", step, order_id)
     try:
-        async with _heartbeating():
+        # A local activity (the reservation) has no heartbeat: its workflow task stands in.
+        async with _heartbeating() if not activity.info().is_local else nullcontext():
             result = await call
     except asyncio.CancelledError:
         activity.logger.info(

@@ -20,6 +20,7 @@ from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
@@ -138,11 +139,25 @@ async def place_order(
             raise
 
     try:
-        result = await _answer(settings, place())
+        try:
+            result = await _answer(settings, place())
+        except (ApiError, RPCError) as err:
+            # Terminated (or failed) before its first workflow task took the update in: Temporal
+            # answers NOT_FOUND, or that the workflow closed first. Anything else is a 503.
+            if isinstance(err, ApiError) and err.status != 503:
+                raise
+            if not await _closed(client, order.marketplace_order_id):
+                raise
+            raise WorkflowAlreadyStartedError(
+                ids.workflow_id(order.marketplace_order_id), "OrderWorkflow"
+            ) from err
     except WorkflowAlreadyStartedError as err:
         # The workflow has closed and is not answering this update id: it was terminated or
         # failed before the placement was answered. The order is not going to be placed again.
-        view = await _query(client, settings, order.marketplace_order_id)
+        try:
+            view = await _query(client, settings, order.marketplace_order_id)
+        except ApiError:  # closed before its first workflow task: there is no state to read
+            view = None
         status = f" ({view.status})" if view else ""
         raise ApiError(
             409,
@@ -379,6 +394,17 @@ async def _answer(settings: Settings, call: Awaitable[T]) -> T:
         # Whatever else Temporal may answer: the call did not complete; the retry joins it.
         log.error("unexpected answer from Temporal: %r", err)
         raise unavailable(f"Temporal: {err}") from err
+
+
+async def _closed(client: Client, marketplace_order_id: str) -> bool:
+    """Whether the order's workflow exists and has closed (False when it cannot be told)."""
+    try:
+        description = await asyncio.wait_for(
+            client.get_workflow_handle(ids.workflow_id(marketplace_order_id)).describe(), 10
+        )
+    except (TimeoutError, TemporalError):
+        return False
+    return description.status not in (None, WorkflowExecutionStatus.RUNNING)
 
 
 async def order_exists(client: Client, marketplace_order_id: str) -> bool:

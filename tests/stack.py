@@ -169,7 +169,8 @@ async def running_stack(
 
 
 async def activity_events(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, str]]:
-    """(activity type, how it ended) for every activity in the workflow's history."""
+    """(activity type, how it ended) for every activity in the workflow's history, local ones (as
+    their markers record them) included."""
     scheduled: dict[int, str] = {}
     outcomes: list[tuple[str, str]] = []
     endings = {
@@ -179,7 +180,13 @@ async def activity_events(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, s
         EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "timed out",
     }
     async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity":  # the reservation
+                data = json.loads(marker.details["data"].payloads[0].data)
+                ending = "failed" if marker.HasField("failure") else "completed"
+                outcomes.append((data["activity_type"], ending))
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attributes = event.activity_task_scheduled_event_attributes
             scheduled[event.event_id] = attributes.activity_type.name
         elif event.event_type in endings:

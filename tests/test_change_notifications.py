@@ -11,14 +11,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog import Catalog, CatalogEntry
-from activities.change_notifications import ChangeOutbox, sku_workflow_id
+from activities.change_notifications import ChangeOutbox, notification_settings_problem
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import WarehouseOrder
+from config import Settings
 from devtools.fake_marketplace import RecordedCall
 from tests.stack import Stack, new_order_id, placement_example, running_stack
+from worker import run_worker
+from workflows import ids
 from workflows.messages import OrderLine
 from workflows.sku_changes import SkuChangesWorkflow
 
@@ -170,7 +174,9 @@ async def test_a_burst_of_changes_to_one_sku_is_one_notification(
             await asyncio.sleep(0.02)  # a burst over half a second: the relay sees it in parts
         (call,) = await wait_for_notifications(stack, sku, "inventory", 1)
         assert_is_vtex_notification(call, sku, "inventory")
-        handle = stack.client.get_workflow_handle_for(SkuChangesWorkflow.run, sku_workflow_id(sku))
+        handle = stack.client.get_workflow_handle_for(
+            SkuChangesWorkflow.run, ids.sku_changes_workflow_id(stack.settings.task_queue, sku)
+        )
         result = await handle.result()
         assert result.sent[0].kind == "inventory" and result.sent[0].error is None
         # Beside the orders' task queue, not on it: notifications never take an order's slot.
@@ -215,7 +221,9 @@ async def test_a_notification_the_marketplace_refuses_for_now_is_retried_until_t
         )
         calls = await wait_for_notifications(stack, sku, "price", 3)
         assert [call.status for call in calls] == [503, 503, 202]
-        handle = stack.client.get_workflow_handle_for(SkuChangesWorkflow.run, sku_workflow_id(sku))
+        handle = stack.client.get_workflow_handle_for(
+            SkuChangesWorkflow.run, ids.sku_changes_workflow_id(stack.settings.task_queue, sku)
+        )
         result = await handle.result()
         assert {(sent.kind, sent.error) for sent in result.sent} == {
             ("price", None),
@@ -248,10 +256,58 @@ async def test_a_sku_the_marketplace_does_not_know_is_not_notified_again_and_aga
             [CatalogEntry(sku=sku, name="Shoe", price=1000, stock=1)]
         )
         await wait_for_notifications(stack, sku, "price", 1)
-        handle = stack.client.get_workflow_handle_for(SkuChangesWorkflow.run, sku_workflow_id(sku))
+        handle = stack.client.get_workflow_handle_for(
+            SkuChangesWorkflow.run, ids.sku_changes_workflow_id(stack.settings.task_queue, sku)
+        )
         result = await asyncio.wait_for(handle.result(), 20)
 
     assert [call.status for call in notifications(stack, sku, "price")] == [404]
     errors = {sent.kind: sent.error for sent in result.sent}
     assert errors["inventory"] is None
     assert errors["price"] and "404" in errors["price"]
+
+
+def test_settings_no_notification_could_be_sent_with_are_named() -> None:
+    def problem(**values: Any) -> str | None:
+        return notification_settings_problem(
+            Settings(marketplace_allowed_hosts="127.0.0.1", **values)
+        )
+
+    assert problem() == "CHANGE_NOTIFICATION_URL and SELLER_ID are not both set"
+    assert problem(change_notification_url="http://127.0.0.1:8900/api", seller_id="s") is None
+    without_api = problem(change_notification_url="http://127.0.0.1:8900", seller_id="s")
+    assert without_api and "account API" in without_api
+    elsewhere = problem(change_notification_url="https://evil.example/api", seller_id="s")
+    assert elsewhere and "not an allowed marketplace host" in elsewhere
+
+
+async def test_a_worker_without_the_settings_leaves_the_notifications_to_one_with_them(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # A rolling deploy: one worker has SELLER_ID, one not yet. The one without does not take the
+    # SKU workflows' tasks (it would fail them for good): every change is notified.
+    skus = [new_sku() for _ in range(8)]
+    async with notifying(temporal_env, tmp_path, change_notification_debounce="0s") as stack:
+        bare = stack.settings.model_copy(
+            update={"seller_id": "", "change_notification_url": "", "data_dir": tmp_path / "b"}
+        )
+        # Its own connection, as another process would have (the SDK refuses two workers of one
+        # task queue on one client).
+        client = await Client.connect(
+            stack.client.service_client.config.target_host,
+            data_converter=stack.client.data_converter,
+        )
+        stop, ready = asyncio.Event(), asyncio.Event()
+        other = asyncio.create_task(run_worker(bare, client, stop, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            Catalog.from_settings(stack.settings).load(
+                [CatalogEntry(sku=sku, name=sku, price=100, stock=1) for sku in skus]
+            )
+            for sku in skus:
+                await wait_for_notifications(stack, sku, "price", 1)
+                await wait_for_notifications(stack, sku, "inventory", 1)
+        finally:
+            stop.set()
+            await other
+    assert all(call.valid for call in stack.marketplace.calls(kind="price_change"))

@@ -192,3 +192,21 @@ async def test_a_warehouse_without_tracking_stops_following_visibly(
     assert view.status == "invoiced"
     assert view.delivery is not None and "TrackingUnsupported" in (view.delivery.stopped or "")
     assert view.attention and "not followed" in view.attention
+
+
+async def test_an_in_transit_status_refused_for_good_is_not_posted_again(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # Refused once while in transit: not posted again as it is, not counted against the
+    # delivered status, which goes through.
+    async with following(temporal_env, tmp_path, carrier_delivery_time="4s") as stack:
+        stack.marketplace.fail_next("tracking_status", 1, status=400)
+        order_id = new_order_id()
+        await stack.place(order_id)
+        await stack.dispatch(order_id)
+        order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    counts = [(post.status, len(post.body["events"])) for post in posts]
+    assert counts == [(400, 1), (200, 2), (200, 3)], counts
+    assert order["attention"] is None and order["delivery"]["reportRefusals"] == 0

@@ -21,8 +21,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from activities.change_notifications import sku_workflow_id
 from tests.stack import Stack, new_order_id, placement_example, running_stack
+from workflows import ids
 from workflows.order import OrderWorkflow
 from workflows.sku_changes import SkuChangesWorkflow
 
@@ -135,6 +135,15 @@ async def _delivered_then_refused(stack: Stack) -> str:
     return order_id
 
 
+async def _reserved_in_the_first_task(stack: Stack) -> str:
+    # Recorded with the reservation as a local activity (`reservation-in-the-first-task`).
+    order_id = new_order_id()
+    await stack.place(order_id)
+    await stack.dispatch(order_id)
+    await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+    return order_id
+
+
 async def _sku_changes_burst(stack: Stack) -> str:
     # A SKU's change notifications: a burst, coalesced, one notification of each kind.
     sku = f"replay-{new_order_id()}"
@@ -171,6 +180,7 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
             "refused_for_stock": _refused_for_stock,
             "delivered_then_refused": _delivered_then_refused,
+            "reserved_in_the_first_task": _reserved_in_the_first_task,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)
@@ -178,7 +188,9 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             await handle.result()  # the whole life, late-call window included
             histories[name] = await handle.fetch_history()
         sku = await _sku_changes_burst(stack)
-        sku_handle = stack.client.get_workflow_handle(sku_workflow_id(sku))
+        sku_handle = stack.client.get_workflow_handle(
+            ids.sku_changes_workflow_id(stack.settings.task_queue, sku)
+        )
         await sku_handle.result()
         histories["sku_changes_burst"] = await sku_handle.fetch_history()
 

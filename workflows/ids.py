@@ -53,6 +53,15 @@ def path_names_order(path_id: str, marketplace_order_id: str) -> bool:
     return path_id in (marketplace_order_id, seller_order_id(marketplace_order_id))
 
 
+def sku_changes_workflow_id(task_queue: str, sku: str) -> str:
+    """The id of a SKU's change-notification workflow, e.g.
+    `sku-changes-vtex-seller-orders-2000037`: one per SKU and deployment (its task queue),
+    whichever worker's relay starts it. Workflow ids
+    are per namespace: without the task queue, two sellers' deployments sharing a namespace would
+    signal each other's."""
+    return f"sku-changes-{task_queue}-{sku}"
+
+
 # Update ids are fixed per order: a retried call carries the same id, so Temporal answers it
 # with the first call's outcome, even after the workflow has closed.
 PLACE_UPDATE_ID = "place"

@@ -202,11 +202,13 @@ class DeliveryView(CamelModel):
     delivered: bool = False
     events: list[TrackingEventView] = []
     last_polled_at: datetime | None = None
+    # Why the last poll got no answer (the carrier down for now: the next poll asks again).
+    poll_error: str | None = None
     # How many of the events the marketplace has taken, and the last error of a post it refused.
     events_reported: int = 0
     reported_at: datetime | None = None
     report_error: str | None = None
-    # How many posts the marketplace refused for good.
+    # How many times the marketplace refused the delivered status for good.
     report_refusals: int = 0
     # Why the order stopped following its parcel before delivery, if it did.
     stopped: str | None = None

@@ -34,7 +34,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
@@ -75,8 +75,9 @@ with workflow.unsafe.imports_passed_through():
 
 # A warehouse step may take hours in a real warehouse; a dead worker is noticed by the missed
 # heartbeats instead, after HEARTBEAT_TIMEOUT, and the step is retried on another worker. Every
-# warehouse call heartbeats (reservation and compensations too): a placement must not wait out
-# WAREHOUSE_CALL_TIMEOUT because the worker holding its reservation died.
+# warehouse activity heartbeats (compensations too). The reservation, a local activity, cannot:
+# its workflow task stands in (a dead worker's task times out in 10 s and runs again elsewhere), so
+# a placement never waits out WAREHOUSE_CALL_TIMEOUT because the worker reserving it died.
 STEP_TIMEOUT = timedelta(hours=24)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 WAREHOUSE_CALL_TIMEOUT = timedelta(minutes=5)
@@ -99,6 +100,7 @@ RELEASE_AFTER_FAILED_RESERVATION = "release-after-failed-reservation"
 COMMITTED_INVOICE_FETCH_RETRIED = "committed-invoice-fetch-retried"
 REFUSAL_ANSWERS_BEFORE_RESEND = "refusal-answers-before-resend"
 TRACK_TO_DELIVERY = "track-to-delivery"
+RESERVATION_IN_THE_FIRST_TASK = "reservation-in-the-first-task"
 
 # A parcel the carrier has not delivered within 60 days, or by the time the order's history has
 # 20,000 events (a poll costs about 14; Temporal ends a workflow at 51,200), is left to people:
@@ -107,10 +109,10 @@ TRACK_TO_DELIVERY = "track-to-delivery"
 TRACKING_GIVES_UP_AFTER = timedelta(days=60)
 TRACKING_HISTORY_LIMIT = 20_000
 MIN_TRACKING_POLL = timedelta(seconds=1)
-# A carrier that cannot answer for a day: the order stops following (and shows `attention`).
+# A carrier or a marketplace that cannot answer for a day: given up until the next poll.
 TRACKING_CALL_GIVES_UP_AFTER = timedelta(days=1)
-# A delivered status the marketplace refuses for good this many times: delivered anyway, with
-# `attention`.
+# A delivered status the marketplace refuses for good this many times (one per poll): delivered
+# anyway, with `attention`.
 DELIVERED_REPORT_TRIES = 3
 
 # The transitions counted in the `seller_orders` metric, by the name of their event.
@@ -137,10 +139,18 @@ def vtex_date(moment: datetime) -> str:
 
 
 def refusal_type(err: BaseException) -> str | None:
-    """The `type` of the non-retryable ApplicationError behind a failed activity, if any."""
+    """The `type` of the non-retryable ApplicationError behind a failed activity, if any (a local
+    activity's comes unwrapped)."""
     if isinstance(err, ActivityError) and isinstance(err.cause, ApplicationError):
         return err.cause.type
-    return None
+    return err.type if isinstance(err, ApplicationError) else None
+
+
+def refused_for_good(err: BaseException) -> bool:
+    """Whether a failed activity was refused for good (a non-retryable ApplicationError), rather
+    than out of time or attempts for now."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return isinstance(cause, ApplicationError) and cause.non_retryable
 
 
 def failure_text(err: BaseException) -> str:
@@ -152,6 +162,8 @@ def failure_text(err: BaseException) -> str:
         message = getattr(cause, "message", None) or str(cause) or type(cause).__name__
         kind = cause.type if isinstance(cause, ApplicationError) and cause.type else None
         return f"{kind}: {message}" if kind else message
+    if isinstance(err, ApplicationError) and err.type:
+        return f"{err.type}: {err.message}"
     return str(err) or type(err).__name__
 
 
@@ -260,15 +272,29 @@ class OrderWorkflow:
 
     async def _reserve(self) -> None:
         try:
-            reservation = await workflow.execute_activity_method(
-                FulfillmentActivities.reserve_stock,
-                self._warehouse_order,
-                start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=WAREHOUSE_RETRY,
-                summary=f"reserve stock for {self._order.order_id}",
-            )
-        except ActivityError as err:
+            if workflow.patched(RESERVATION_IN_THE_FIRST_TASK):
+                # A local activity: the worker reserves inside the workflow task that the
+                # placement's update-with-start opened, and that one task answers the placement
+                # (no activity task through the server, no second workflow task). A worker that
+                # dies meanwhile leaves the task to time out (10 s) and run again elsewhere, the
+                # reservation with it (it is idempotent per order).
+                reservation = await workflow.execute_local_activity_method(
+                    FulfillmentActivities.reserve_stock,
+                    self._warehouse_order,
+                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    summary=f"reserve stock for {self._order.order_id}",
+                )
+            else:
+                reservation = await workflow.execute_activity_method(
+                    FulfillmentActivities.reserve_stock,
+                    self._warehouse_order,
+                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    summary=f"reserve stock for {self._order.order_id}",
+                )
+        except FailureError as err:  # a local activity's error is not wrapped in ActivityError
             refusal = refusal_type(err)
             reason = failure_text(err)
             if workflow.patched(RELEASE_AFTER_FAILED_RESERVATION):
@@ -513,15 +539,18 @@ class OrderWorkflow:
     async def _follow_parcel(self) -> None:
         """Ask the carrier where the parcel is, post each news, until it is delivered.
 
-        A durable timer between polls: a worker that dies mid-wait costs nothing. An operator's
-        cancellation in Temporal stops the following at once, a poll or a post in flight
-        included (the order is sold; the parcel goes on).
+        A durable timer between polls: a worker that dies mid-wait costs nothing. A carrier or a
+        marketplace that cannot answer for now is asked again at the next poll; only a refusal
+        for good (or the bounds below) stops the following. An operator's cancellation in
+        Temporal stops it at once (a post in flight is waited for, so that what the order says
+        was reported is what the marketplace has).
         """
         assert self._invoice is not None
         delivery = self._delivery = DeliveryView()
         poll = max(timedelta(seconds=self._order.tracking_poll_seconds), MIN_TRACKING_POLL)
         give_up_at = workflow.now() + TRACKING_GIVES_UP_AFTER
         reported: ParcelStatus | None = None  # what the marketplace has taken
+        refused: ParcelStatus | None = None  # what it refused for good: not posted again
         while not self._close_early:
             if workflow.now() >= give_up_at:
                 delivery.stopped = f"not delivered within {TRACKING_GIVES_UP_AFTER.days} days"
@@ -543,24 +572,33 @@ class OrderWorkflow:
                     )
                 )
             except ActivityError as err:
-                delivery.stopped = f"the carrier cannot track it: {failure_text(err)}"
-                self._attention = f"parcel not followed any more ({delivery.stopped})"
-                break
-            if parcel is None:
-                break  # closed by an operator
-            delivery.last_polled_at = workflow.now()
-            delivery.events = [TrackingEventView(**e.model_dump()) for e in parcel.events]
-            if parcel != reported and await self._report_parcel(parcel):
-                reported = parcel
-            refused_for_good = delivery.report_refusals >= DELIVERED_REPORT_TRIES
-            if parcel.delivered and (parcel == reported or refused_for_good):
-                delivery.delivered = True
-                if parcel != reported:
-                    self._attention = (
-                        f"the marketplace refused the delivered status: {delivery.report_error}"
-                    )
-                self._move(OrderStatus.DELIVERED)
-                return
+                if refused_for_good(err):
+                    delivery.stopped = f"the carrier cannot track it: {failure_text(err)}"
+                    self._attention = f"parcel not followed any more ({delivery.stopped})"
+                    break
+                delivery.poll_error = failure_text(err)  # down for now: the next poll asks again
+                parcel = None
+            else:
+                if parcel is None:
+                    break  # closed by an operator
+                delivery.poll_error = None
+                delivery.last_polled_at = workflow.now()
+                delivery.events = [TrackingEventView(**e.model_dump()) for e in parcel.events]
+                if self._is_news(parcel, reported, refused):
+                    outcome = await self._report_parcel(parcel, give_up_at)
+                    if outcome == "taken":
+                        reported = parcel
+                    elif outcome == "refused":
+                        refused = parcel
+                refused_for_good_enough = delivery.report_refusals >= DELIVERED_REPORT_TRIES
+                if parcel.delivered and (parcel == reported or refused_for_good_enough):
+                    delivery.delivered = True
+                    if parcel != reported:
+                        self._attention = (
+                            f"the marketplace refused the delivered status: {delivery.report_error}"
+                        )
+                    self._move(OrderStatus.DELIVERED)
+                    return
             self._show()
             await self._until(lambda: self._close_early, within=poll, summary="next tracking poll")
         delivery.stopped = delivery.stopped or "an operator closed the order in Temporal"
@@ -569,11 +607,29 @@ class OrderWorkflow:
         )
         self._show()
 
-    async def _report_parcel(self, parcel: ParcelStatus) -> bool:
-        """Post the parcel's events to the marketplace; whether it took them. A refusal is kept
-        (`reportError`), and the next poll posts them again."""
+    @staticmethod
+    def _is_news(
+        parcel: ParcelStatus, reported: ParcelStatus | None, refused: ParcelStatus | None
+    ) -> bool:
+        """Whether the carrier's answer is worth a post: not what the marketplace has, not fewer
+        events than it has (a carrier's glitch must not take tracking back), and not what it
+        refused for good (a delivered status excepted: it is posted again, DELIVERED_REPORT_TRIES
+        times in all)."""
+        if parcel == reported:
+            return False
+        if reported is not None and len(parcel.events) < len(reported.events):
+            return parcel.delivered and not reported.delivered
+        return parcel != refused or parcel.delivered
+
+    async def _report_parcel(self, parcel: ParcelStatus, give_up_at: datetime) -> str:
+        """Post the parcel's events to the marketplace: `taken`, `refused` (for good; kept in
+        `reportError`), `later` (it could not answer within the bounds: the next poll posts
+        again) or `closed` (an operator closed the order while it was not sent)."""
         assert self._invoice is not None and self._delivery is not None
         delivery = self._delivery
+        # Bounded, so that a marketplace that never takes it cannot hold the following past its
+        # own bounds.
+        left = max(give_up_at - workflow.now(), timedelta(minutes=1))
         try:
             answer = await self._unless_closed(
                 workflow.start_activity_method(
@@ -586,21 +642,27 @@ class OrderWorkflow:
                         events=parcel.events,
                     ),
                     start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                    schedule_to_close_timeout=min(left, TRACKING_CALL_GIVES_UP_AFTER),
                     retry_policy=MARKETPLACE_RETRY,
+                    # Closed meanwhile: the attempt in flight ends first, and its outcome counts.
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     summary=f"send tracking status of {self._invoice.invoice_number}"
                     + (" (delivered)" if parcel.delivered else f" ({len(parcel.events)} events)"),
                 )
             )
         except ActivityError as err:
             delivery.report_error = failure_text(err)
-            delivery.report_refusals += 1
-            return False
+            if not refused_for_good(err):
+                return "later"
+            if parcel.delivered:
+                delivery.report_refusals += 1
+            return "refused"
         if answer is None:
-            return False  # closed by an operator
+            return "closed"
         delivery.events_reported = len(parcel.events)
         delivery.reported_at = workflow.now()
         delivery.report_error = None
-        return True
+        return "taken"
 
     async def _unless_closed(self, handle: workflow.ActivityHandle[Any]) -> Any:
         """The activity's result, or None once an operator closed the order in Temporal (the

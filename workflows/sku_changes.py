@@ -14,6 +14,7 @@ fulfillment simulation, so a late notification never tells it anything stale.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from pydantic import Field
@@ -132,23 +133,36 @@ class SkuChangesWorkflow:
                 return
 
     async def _notify(self, kind: str, changes: int) -> None:
+        """Notify one kind; retried for a day at most. Should Temporal suggest a new run while it
+        retries (changes keep coming as signals), the notification is called off and goes again
+        in the new run, so the history stays bounded."""
         sku = self._start.sku
+        handle = workflow.start_activity_method(
+            ChangeNotificationActivities.notify_change,
+            SkuNotification(sku=sku, kind=kind),
+            start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+            # Retried while the marketplace is down, for a day at most: a notification that old
+            # is worth less than the SKU workflow's next burst.
+            schedule_to_close_timeout=NOTIFICATION_GIVES_UP_AFTER,
+            retry_policy=MARKETPLACE_RETRY,
+            summary=f"notify {kind} of {sku} ({changes} changes)",
+        )
+        await workflow.wait_condition(
+            lambda: handle.done() or workflow.info().is_continue_as_new_suggested()
+        )
+        called_off = not handle.done()
+        if called_off:
+            handle.cancel()
         error = None
         try:
-            await workflow.execute_activity_method(
-                ChangeNotificationActivities.notify_change,
-                SkuNotification(sku=sku, kind=kind),
-                start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
-                # Retried while the marketplace is down, for a day at most: a notification that
-                # old is worth less than the SKU workflow's next burst.
-                schedule_to_close_timeout=NOTIFICATION_GIVES_UP_AFTER,
-                retry_policy=MARKETPLACE_RETRY,
-                summary=f"notify {kind} of {sku} ({changes} changes)",
-            )
-        except ActivityError as err:
+            await handle
+        except (ActivityError, asyncio.CancelledError) as err:
+            if called_off:
+                self._pending[kind] = self._pending.get(kind, 0) + changes
+                return
             # Refused for good (a 4xx; a 404: the marketplace does not know the SKU), or still
             # refused after NOTIFICATION_GIVES_UP_AFTER: logged, kept in `state`.
-            cause = err.cause
+            cause = err.cause if isinstance(err, ActivityError) else err
             error = str(getattr(cause, "message", None) or cause or err)
             workflow.logger.error("sku %s: %s notification not sent: %s", sku, kind, error)
         self._sent.append(
