@@ -1,57 +1,320 @@
-"""`make bench`: latency and throughput of the whole stack on this machine.
+"""`make bench`: the service's calls measured against their floors, on real processes.
 
-Starts its own Temporal dev server, a worker, the API and a fake marketplace, all on loopback, with
-steps that take no time (FULFILLMENT_STEP_SECONDS=0) so the numbers measure the connector and
-Temporal, not the simulated warehouse. Bounded in count and time; stops by itself.
+One run starts the Temporal dev server, the orders' worker(s), the API as `python -m api` runs it,
+the fake marketplace and a worker of a trivial workflow (devtools/bench_worker.py), each its own
+process on loopback (devtools/processes.py); this process is the load generator. For placement,
+dispatch and cancel it measures three ways of making the same call, with the same load:
 
-    python -m devtools.bench [--orders 200] [--concurrency 20] [--json results.json]
+- `http`: the API over HTTP (a small keep-alive HTTP/1.1 client, devtools/bench_simulation.py's),
+- `floor`: the API's own Temporal calls (api/order_calls.py) made from here, with a client built as
+  the API builds it (worker.connect: the same data converter): what the project costs without HTTP,
+- `trivial`: a workflow that only answers updates (devtools/bench_workflows.py): an
+  update-with-start for placement, an update for dispatch and cancel: what Temporal costs here.
+
+Each in three shapes: one call at a time (p50), a closed loop of `--concurrency` callers
+(throughput), and an open loop at a fixed rate, the same for http and floor (p99; a call's latency
+counts from when it was due). The variants take turns (floor, http, trivial, trivial, http, floor:
+each gets half its calls in each half) so that a drift of the machine favours none.
+
+Then: orders placed and dispatched over HTTP until invoiced (CPU seconds per order in each
+process, the happy path's history), fulfilled orders per second with 1, 2 and 4 fresh workers when
+steps wait on I/O and each worker's activity slots bind, the time from a cancellation to the abort
+of the step it interrupted, and the fulfillment simulation's open loop at 200/s
+(devtools/bench_simulation.py, its own stack). Writes bench/results.json and prints a table.
+
+    python -m devtools.bench [--quick] [--json bench/results.json] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
+import signal
 import statistics
-import sysconfig
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
 
+from api import order_calls
+from api.models import OrderPlacement, RequestOrderId
 from config import Settings
 from devtools import bench_simulation
-from devtools.fake_marketplace import FakeMarketplaceState
-from devtools.stack import local_stack
+from devtools.bench_simulation import KEEP_ALIVE_SECONDS, Connection, HttpError
+from devtools.bench_worker import READY_TEXT
+from devtools.bench_workflows import TrivialInput, TrivialRequest, TrivialWorkflow
+from devtools.processes import HOST, ROOT, Process, ProcessStack
+from worker import connect
+from workflows import ids
+from workflows.order import OrderWorkflow
 
-DEV_SERVER_ARGS = ["--dynamic-config-value", "frontend.enableServerVersionCheck=false"]
+RESULTS = ROOT / "bench" / "results.json"
+CALLS = ("placement", "dispatch", "cancel")
+VARIANTS = ("floor", "http", "trivial")
+# Far more than any run sells: stock never runs out.
+STOCK = 10_000_000
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class Http:
+    """Keep-alive HTTP/1.1 connections to the API (bench_simulation's Connection): an idle one per
+    request, or a new one. About 0.5 ms of CPU per request, where httpx spends 3.5 ms."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.netloc = parts.netloc
+        self.host, self.port = parts.hostname or HOST, parts.port or 80
+        self.idle: list[Connection] = []
+        self.opened = 0
+
+    def raw(self, method: str, path: str, body: Any = None) -> bytes:
+        """One request's bytes."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            "Accept: application/json\r\n\r\n"
+        )
+        return head.encode() + payload
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send `raw` (from `raw()`); the answer's status and body."""
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.closed:
+                continue
+            if time.monotonic() - connection.idle_since < KEEP_ALIVE_SECONDS:
+                break
+            assert connection.transport is not None
+            connection.transport.close()
+        else:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                Connection, self.host, self.port
+            )
+            self.opened += 1
+        try:
+            answer = await connection.post(raw)
+        except BaseException:
+            if connection.transport is not None:
+                connection.transport.close()
+            raise
+        if not connection.closed:
+            connection.idle_since = time.monotonic()
+            self.idle.append(connection)
+        return answer
+
+    async def call(self, method: str, path: str, body: Any = None) -> bytes:
+        """One call that must answer 200; its body."""
+        status, answer = await self.request(self.raw(method, path, body))
+        if status != 200:
+            raise HttpError(f"{method} {path} answered {status}: {answer[:300]!r}")
+        return answer
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for connection in self.idle:
+            if connection.transport is not None:
+                connection.transport.close()
+        self.idle.clear()
+
+
+# --- processes: CPU and memory --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system, every thread) process `pid` has used so far; 0 if gone."""
+    return bench_simulation.cpu_seconds(pid) or 0.0
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """The resident memory of process `pid` in MiB (VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def uptime() -> str:
+    """The load averages, as `uptime` shows them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@dataclass
+class Meter:
+    """CPU seconds of every process of the run over a stretch of time."""
+
+    processes: Callable[[], dict[str, list[Process]]]
+
+    def snapshot(self) -> dict[str, float]:
+        """CPU seconds used so far, per role (the workers summed)."""
+        taken = {
+            role: sum(cpu_seconds(p.pid) for p in group) for role, group in self.processes().items()
+        }
+        taken["load generator"] = cpu_seconds(os.getpid())
+        return taken
+
+    @staticmethod
+    def per_op(before: dict[str, float], after: dict[str, float], ops: int) -> dict[str, float]:
+        """CPU milliseconds per operation, per role."""
+        return {
+            role: round((after[role] - before.get(role, 0.0)) * 1000 / max(ops, 1), 2)
+            for role in after
+        }
+
+
+# --- load shapes ----------------------------------------------------------------------------------
+
+Op = Callable[[Any], Awaitable[None]]
+
+
+def percentile(samples: list[float], share: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+@dataclass
+class Sample:
+    """What one shape measured for one variant."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    # Calls and seconds of each turn: the spread between turns is the run's noise.
+    turns: list[tuple[int, float]] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        """Count, rate and percentiles."""
+        samples = self.latencies_ms or [float("nan")]
+        return {
+            "n": len(self.latencies_ms),
+            "rps": round(len(self.latencies_ms) / self.seconds, 1) if self.seconds else None,
+            "p50_ms": round(statistics.median(samples), 2),
+            "p99_ms": round(percentile(samples, 0.99), 2),
+            "max_ms": round(max(samples), 2),
+            "failures": len(self.failures),
+            "first_failure": self.failures[0] if self.failures else None,
+            "rps_per_turn": [round(n / seconds, 1) for n, seconds in self.turns if seconds],
+            "cpu_ms_per_op": {
+                role: round(ms / max(len(self.latencies_ms), 1), 2) for role, ms in self.cpu.items()
+            },
+        }
+
+
+async def timed(op: Op, item: Any, sample: Sample, since: float) -> None:
+    """Run `op(item)`; its latency from `since` (perf_counter) into `sample`."""
+    try:
+        await op(item)
+    except Exception as err:  # counted, shown in the results: a failing call is a finding
+        sample.failures.append(f"{type(err).__name__}: {err}"[:300])
+    sample.latencies_ms.append((time.perf_counter() - since) * 1000)
+
+
+async def one_at_a_time(op: Op, items: list[Any], sample: Sample) -> None:
+    """Each call after the previous one's answer."""
+    for item in items:
+        await timed(op, item, sample, time.perf_counter())
+
+
+async def closed_loop(op: Op, items: list[Any], sample: Sample, concurrency: int) -> None:
+    """`concurrency` callers, each calling again as soon as answered."""
+    queue = list(reversed(items))
+
+    async def caller() -> None:
+        while queue:
+            await timed(op, queue.pop(), sample, time.perf_counter())
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+
+
+def at_rate(rate: float) -> Callable[[Op, list[Any], Sample], Awaitable[None]]:
+    """`open_loop` at `rate`."""
+
+    def shape(op: Op, items: list[Any], sample: Sample) -> Awaitable[None]:
+        return open_loop(op, items, sample, rate)
+
+    return shape
+
+
+async def open_loop(op: Op, items: list[Any], sample: Sample, rate: float) -> None:
+    """Call i is due at start + i / rate, whatever happened to the calls before; its latency
+    counts from when it was due."""
+    tasks = []
+    start = time.perf_counter() + 0.05
+    for i, item in enumerate(items):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(op, item, sample, due)))
+    await asyncio.gather(*tasks)
+
+
+# --- the bench ------------------------------------------------------------------------------------
+
+
+def new_id() -> str:
+    """A fresh marketplaceOrderId."""
+    return f"B{uuid.uuid4().hex[:14]}"
 
 
 @dataclass
 class Bench:
-    """The running stack."""
+    """The running stack and the clients of this process."""
 
-    http: httpx.AsyncClient
-    endpoint: str
-    marketplace: FakeMarketplaceState
+    stack: ProcessStack
+    trivial_worker: Process
+    client: Client
+    settings: Settings
+    http: Http
+    trivial_queue: str
+    args: argparse.Namespace
+    profile_dir: Path | None = None
+    placed: list[str] = field(default_factory=list)  # placed, neither dispatched nor cancelled
+    trivial_open: list[str] = field(default_factory=list)
 
-    def placement(self, marketplace_order_id: str) -> dict[str, Any]:
+    @property
+    def meter(self) -> Meter:
+        """The run's processes, by role."""
+        stack = self.stack
+        return Meter(
+            lambda: {
+                "api": [stack.api],
+                "worker": list(stack.workers),
+                "temporal": [stack.temporal],
+                "marketplace": [stack.marketplace],
+                "trivial worker": [self.trivial_worker],
+            }
+        )
+
+    def placement_body(self, marketplace_order_id: str) -> dict[str, Any]:
         """A small valid orderPlacement."""
         return {
             "marketplaceOrderId": marketplace_order_id,
-            "marketplaceServicesEndpoint": self.endpoint,
+            "marketplaceServicesEndpoint": self.stack.endpoint,
             "items": [{"id": "bench-sku", "quantity": 1, "seller": "1", "price": 1000}],
             "shippingData": {
                 "logisticsInfo": [
@@ -60,164 +323,486 @@ class Bench:
             },
         }
 
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[float, httpx.Response]:
-        """One call and its latency in ms; anything but 200 is a failure of the benchmark."""
+    # The calls, each way. An item is prepared before the clock starts: what the API parses from
+    # the body is the floor's input, ready.
+
+    def items(self, call: str, variant: str, count: int) -> list[Any]:
+        """`count` inputs of `call` made `variant`'s way (orders taken from the pools)."""
+        if call == "placement":
+            order_ids = [new_id() for _ in range(count)]
+            if variant == "http":
+                return [
+                    (i, self.http.raw("POST", "/pvt/orders", self.placement_body(i)))
+                    for i in order_ids
+                ]
+            if variant == "floor":
+                return [
+                    (i, OrderPlacement.model_validate(self.placement_body(i))) for i in order_ids
+                ]
+            return order_ids
+        pool = self.trivial_open if variant == "trivial" else self.placed
+        if len(pool) < count:
+            raise RuntimeError(f"{call}: {count} orders wanted, {len(pool)} in the pool")
+        taken, pool[:] = pool[:count], pool[count:]
+        if variant == "http":
+            verb = "fulfill" if call == "dispatch" else "cancel"
+            return [
+                (
+                    i,
+                    self.http.raw("POST", f"/pvt/orders/SLR-{i}/{verb}", {"marketplaceOrderId": i}),
+                )
+                for i in taken
+            ]
+        if variant == "floor":
+            return [(i, RequestOrderId.model_validate({"marketplaceOrderId": i})) for i in taken]
+        return taken
+
+    def op(self, call: str, variant: str) -> Op:
+        """The call, made `variant`'s way."""
+        client, settings = self.client, self.settings
+
+        async def http_call(item: tuple[str, bytes]) -> None:
+            order_id, raw = item
+            status, body = await self.http.request(raw)
+            if status != 200:
+                raise HttpError(f"{status}: {body[:200]!r}")
+            if call == "placement":
+                self.placed.append(order_id)
+            elif call == "cancel" and not body:
+                raise HttpError("the cancellation was not confirmed in time (evaluate)")
+
+        async def floor_place(item: tuple[str, OrderPlacement]) -> None:
+            order_id, placement = item
+            await order_calls.place_order(client, settings, placement, datetime.now(UTC))
+            self.placed.append(order_id)
+
+        async def floor_dispatch(item: tuple[str, RequestOrderId]) -> None:
+            order_id, body = item
+            await order_calls.dispatch_order(
+                client, settings, ids.seller_order_id(order_id), body, datetime.now(UTC)
+            )
+
+        async def floor_cancel(item: tuple[str, RequestOrderId]) -> None:
+            order_id, body = item
+            receipt = await order_calls.cancel_order(
+                client, settings, ids.seller_order_id(order_id), body, datetime.now(UTC)
+            )
+            if receipt is None:
+                raise RuntimeError("the cancellation was not confirmed in time (evaluate)")
+
+        async def trivial_start(name: str) -> None:
+            await client.execute_update_with_start_workflow(
+                TrivialWorkflow.start,
+                TrivialRequest(name=name),
+                start_workflow_operation=WithStartWorkflowOperation(
+                    TrivialWorkflow.run,
+                    TrivialInput(name=name),
+                    id=f"trivial-{name}",
+                    task_queue=self.trivial_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                ),
+                id="start",
+            )
+            self.trivial_open.append(name)
+
+        async def trivial_update(name: str) -> None:
+            handle = client.get_workflow_handle_for(TrivialWorkflow.run, f"trivial-{name}")
+            await handle.execute_update(TrivialWorkflow.poke, TrivialRequest(name=name), id=call)
+
+        ops: dict[tuple[str, str], Op] = {
+            ("placement", "http"): http_call,
+            ("placement", "floor"): floor_place,
+            ("placement", "trivial"): trivial_start,
+            ("dispatch", "http"): http_call,
+            ("dispatch", "floor"): floor_dispatch,
+            ("dispatch", "trivial"): trivial_update,
+            ("cancel", "http"): http_call,
+            ("cancel", "floor"): floor_cancel,
+            ("cancel", "trivial"): trivial_update,
+        }
+        return ops[(call, variant)]
+
+    async def fill_pools(self, orders: int, trivial: int) -> None:
+        """Enough placed orders and open trivial workflows for the next shape (not measured)."""
+        if len(self.placed) < orders:
+            items = self.items("placement", "floor", orders - len(self.placed))
+            await closed_loop(self.op("placement", "floor"), items, Sample(), 20)
+        if len(self.trivial_open) < trivial:
+            items = self.items("placement", "trivial", trivial - len(self.trivial_open))
+            await closed_loop(self.op("placement", "trivial"), items, Sample(), 20)
+        await self.settle()
+
+    async def settle(self, idle_share: float = 0.15, within: float = 30) -> None:
+        """Wait until the workers and the server are about idle: what an earlier shape left
+        running (fulfillments of dispatched orders) must not run into the next one."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            before = self.meter.snapshot()
+            await asyncio.sleep(0.5)
+            after = self.meter.snapshot()
+            busy = sum(after[r] - before[r] for r in ("worker", "temporal", "trivial worker"))
+            if busy / 0.5 < idle_share:
+                return
+
+    async def shape(
+        self,
+        call: str,
+        shape: str,
+        variants: tuple[str, ...],
+        count: int,
+        run: Callable[[Op, list[Any], Sample], Awaitable[None]],
+    ) -> dict[str, Sample]:
+        """`count` calls per variant in `shape`, the variants taking turns (a, b, c, c, b, a,
+        a, b...) in `--rounds` parts, so that a drift of the machine (another process, the
+        server's growing state) weighs on each about equally."""
+        samples = {v: Sample() for v in variants}
+        rounds = self.args.rounds
+        turns = [
+            variant
+            for n in range(rounds)
+            for variant in (variants if n % 2 == 0 else tuple(reversed(variants)))
+        ]
+        parts = {
+            v: [count // rounds + (n < count % rounds) for n in range(rounds)] for v in variants
+        }
+        for turn, variant in enumerate(turns):
+            size = parts[variant].pop(0)
+            if call != "placement":
+                wanted_orders = size if variant != "trivial" else 0
+                await self.fill_pools(wanted_orders, size if variant == "trivial" else 0)
+            else:
+                await self.settle()
+            items = self.items(call, variant, size)
+            sample = samples[variant]
+            with self.profiling(f"{call}-{shape}-{variant}-{turn}"):
+                before = self.meter.snapshot()
+                started = time.perf_counter()
+                await run(self.op(call, variant), items, sample)
+                took = time.perf_counter() - started
+                sample.seconds += took
+                sample.turns.append((len(items), took))
+                after = self.meter.snapshot()
+            for role, used in after.items():
+                sample.cpu[role] = sample.cpu.get(role, 0.0) + (used - before[role]) * 1000
+        return samples
+
+    @contextlib.contextmanager
+    def profiling(self, name: str) -> Iterator[None]:
+        """py-spy on the API, the worker and this process while the block runs (--profile)."""
+        if self.profile_dir is None or "closed" not in name or "trivial" in name:
+            yield
+            return
+        targets = {"api": self.stack.api.pid, "loadgen": os.getpid()}
+        if self.stack.workers:
+            targets["worker"] = self.stack.workers[0].pid
+        spies = [
+            subprocess.Popen(
+                [
+                    self.args.py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--output",
+                    str(self.profile_dir / f"{name}-{role}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for role, pid in targets.items()
+        ]
+        time.sleep(1.0)  # py-spy attaches
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                try:
+                    spy.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+
+    async def calls(self) -> dict[str, Any]:
+        """Placement, dispatch and cancel, each variant, each shape."""
+        args = self.args
+        results: dict[str, Any] = {}
+        for call in CALLS:
+            sequential = await self.shape(
+                call, "sequential", VARIANTS, args.sequential, one_at_a_time
+            )
+            closed = await self.shape(
+                call,
+                "closed",
+                VARIANTS,
+                args.closed,
+                lambda op, items, sample: closed_loop(op, items, sample, args.concurrency),
+            )
+            capacity = min(closed["http"].figures()["rps"], closed["floor"].figures()["rps"])
+            rate = args.rate or max(5.0, round(capacity * args.open_share))
+            opened = await self.shape(
+                call,
+                "open",
+                ("floor", "http"),
+                round(rate * args.open_seconds),
+                at_rate(rate),
+            )
+            figures = {
+                "sequential": {v: s.figures() for v, s in sequential.items()},
+                f"closed_loop_{args.concurrency}": {v: s.figures() for v, s in closed.items()},
+                "open_loop": {"rate_rps": rate, **{v: s.figures() for v, s in opened.items()}},
+            }
+            seq, clo = figures["sequential"], figures[f"closed_loop_{args.concurrency}"]
+            opn = figures["open_loop"]
+            results[call] = {
+                "http_rps": clo["http"]["rps"],
+                "floor_rps": clo["floor"]["rps"],
+                "trivial_rps": clo["trivial"]["rps"],
+                "http_p50_ms": seq["http"]["p50_ms"],
+                "floor_p50_ms": seq["floor"]["p50_ms"],
+                "trivial_p50_ms": seq["trivial"]["p50_ms"],
+                "http_p99_ms": opn["http"]["p99_ms"],
+                "floor_p99_ms": opn["floor"]["p99_ms"],
+                "open_loop_rate_rps": rate,
+                "detail": figures,
+            }
+            print(
+                f"{call}: {json.dumps({k: v for k, v in results[call].items() if k != 'detail'})}"
+            )
+        return results
+
+    async def end_to_end(self, count: int) -> tuple[dict[str, Any], str]:
+        """`count` orders placed then dispatched over HTTP (`--concurrency` at once), waited for
+        until invoiced: orders per second and CPU seconds per order in each process."""
+        await self.settle()
+        order_ids = [new_id() for _ in range(count)]
+        gate = asyncio.Semaphore(self.args.concurrency)
+
+        async def order(order_id: str) -> None:
+            async with gate:
+                await self.http.call("POST", "/pvt/orders", self.placement_body(order_id))
+                await self.http.call(
+                    "POST",
+                    f"/pvt/orders/SLR-{order_id}/fulfill",
+                    {"marketplaceOrderId": order_id},
+                )
+            handle = self.client.get_workflow_handle_for(
+                OrderWorkflow.run, ids.workflow_id(order_id)
+            )
+            await handle.result()
+
+        before = self.meter.snapshot()
         started = time.perf_counter()
-        response = await self.http.request(method, path, json=body)
-        elapsed = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            raise RuntimeError(f"{method} {path} answered {response.status_code}: {response.text}")
-        return elapsed, response
+        await asyncio.gather(*(order(i) for i in order_ids))
+        seconds = time.perf_counter() - started
+        after = self.meter.snapshot()
+        views = await asyncio.gather(*(self.view(i) for i in order_ids[:20]))
+        statuses = sorted({view["status"] for view in views})
+        per_order = {role: round((after[role] - before[role]) / count, 4) for role in after}
+        return (
+            {
+                "orders": count,
+                "seconds": round(seconds, 2),
+                "orders_per_second": round(count / seconds, 1),
+                "statuses": statuses,
+                "cpu_seconds_per_order": per_order,
+            },
+            order_ids[0],
+        )
 
-    async def place(self, order_id: str) -> float:
-        """POST /pvt/orders; ms."""
-        return (await self.call("POST", "/pvt/orders", self.placement(order_id)))[0]
-
-    async def dispatch(self, order_id: str) -> tuple[float, httpx.Response]:
-        """POST /pvt/orders/{orderId}/fulfill."""
-        body = {"marketplaceOrderId": order_id}
-        return await self.call("POST", f"/pvt/orders/SLR-{order_id}/fulfill", body)
-
-    async def order(self, order_id: str) -> dict[str, Any]:
+    async def view(self, order_id: str) -> dict[str, Any]:
         """GET /pvt/orders/{orderId}."""
-        order: dict[str, Any] = (await self.call("GET", f"/pvt/orders/SLR-{order_id}"))[1].json()
-        return order
+        answer: dict[str, Any] = json.loads(
+            await self.http.call("GET", f"/pvt/orders/SLR-{order_id}")
+        )
+        return answer
+
+    async def history(self, order_id: str) -> list[str]:
+        """The event types of a completed order's history, in order."""
+        history = await self.client.get_workflow_handle(ids.workflow_id(order_id)).fetch_history()
+        return [
+            EventType.Name(event.event_type).removeprefix("EVENT_TYPE_") for event in history.events
+        ]
+
+    def fresh_workers(self, count: int, env: dict[str, str]) -> None:
+        """Stop the running workers; start `count` new ones with `env`."""
+        self.stack.retire_workers()
+        started = [self.stack.add_worker(env, start=False) for _ in range(count)]
+        for worker in started:
+            worker.spawn()
+        for worker in started:
+            worker.wait_ready(90)
+
+    async def workers_scaling(self) -> dict[str, Any]:
+        """Orders per second to `invoiced` with 1, 2, 4 workers when every step waits on I/O
+        (FULFILLMENT_STEP_SECONDS) and the workers' activity slots are what binds."""
+        args = self.args
+        env = {
+            "FULFILLMENT_STEP_SECONDS": str(args.scaling_step_seconds),
+            "WORKER_MAX_CONCURRENT_ACTIVITIES": str(args.slots),
+        }
+        results: dict[str, Any] = {}
+        for count in (1, 2, 4):
+            self.fresh_workers(count, env)
+            order_ids = [new_id() for _ in range(args.scaling_orders)]
+            items = [(i, OrderPlacement.model_validate(self.placement_body(i))) for i in order_ids]
+            await closed_loop(self.op("placement", "floor"), items, Sample(), 20)
+            fulfilled = set(order_ids)
+            self.placed = [i for i in self.placed if i not in fulfilled]
+            await self.settle()
+            before = self.meter.snapshot()
+            started = time.perf_counter()
+
+            async def fulfil(order_id: str) -> None:
+                await order_calls.dispatch_order(
+                    self.client,
+                    self.settings,
+                    ids.seller_order_id(order_id),
+                    RequestOrderId.model_validate({"marketplaceOrderId": order_id}),
+                    datetime.now(UTC),
+                )
+                handle = self.client.get_workflow_handle_for(
+                    OrderWorkflow.run, ids.workflow_id(order_id)
+                )
+                await handle.result()
+
+            await asyncio.gather(*(fulfil(i) for i in order_ids))
+            seconds = time.perf_counter() - started
+            after = self.meter.snapshot()
+            results[str(count)] = {
+                "orders": len(order_ids),
+                "seconds": round(seconds, 2),
+                "orders_per_second": round(len(order_ids) / seconds, 2),
+                "cpu_seconds": {r: round(after[r] - before[r], 2) for r in after},
+            }
+            print(f"workers {count}: {results[str(count)]}", flush=True)
+        return results
+
+    async def cancel_to_abort(self) -> dict[str, Any]:
+        """Orders cancelled while a step runs, in waves: from the cancel request to the aborted
+        step's finishedAt (the workflow's clock), and to the API's 200."""
+        args = self.args
+        self.fresh_workers(1, {"FULFILLMENT_STEP_SECONDS": str(args.cancel_step_seconds)})
+        aborts: list[float] = []
+        answers: list[float] = []
+        problems: list[str] = []
+        waves = -(-args.cancels // args.cancel_wave)
+        for wave in range(waves):
+            size = min(args.cancel_wave, args.cancels - wave * args.cancel_wave)
+            order_ids = [new_id() for _ in range(size)]
+
+            async def start(order_id: str) -> None:
+                await self.http.call("POST", "/pvt/orders", self.placement_body(order_id))
+                await self.http.call(
+                    "POST",
+                    f"/pvt/orders/SLR-{order_id}/fulfill",
+                    {"marketplaceOrderId": order_id},
+                )
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    view = await self.view(order_id)
+                    steps = view.get("steps") or []
+                    if view.get("currentStep") and steps and steps[-1]["status"] == "running":
+                        return
+                    await asyncio.sleep(0.1)
+                raise RuntimeError(f"order {order_id}: no step running after 20 s")
+
+            await asyncio.gather(*(start(i) for i in order_ids))
+
+            async def cancel(n: int, order_id: str) -> None:
+                # Spread over the wave, so the cancellations are not one burst.
+                await asyncio.sleep(n * args.cancel_spacing)
+                sent_wall, sent = time.time(), time.perf_counter()
+                body = await self.http.call(
+                    "POST", f"/pvt/orders/SLR-{order_id}/cancel", {"marketplaceOrderId": order_id}
+                )
+                answered = (time.perf_counter() - sent) * 1000
+                if not body:
+                    problems.append(f"{order_id}: evaluate (not confirmed in time)")
+                view = await self.view(order_id)
+                stopped = [s for s in view.get("steps") or [] if s["status"] == "cancelled"]
+                if not stopped or not stopped[-1].get("finishedAt"):
+                    problems.append(f"{order_id}: no cancelled step ({view.get('status')})")
+                    return
+                finished = datetime.fromisoformat(stopped[-1]["finishedAt"]).timestamp()
+                aborts.append((finished - sent_wall) * 1000)
+                answers.append(answered)
+
+            await asyncio.gather(*(cancel(n, i) for n, i in enumerate(order_ids)))
+        ordered = aborts or [float("nan")]
+        return {
+            "p50": round(statistics.median(ordered), 1),
+            "p99": round(percentile(ordered, 0.99), 1),
+            "max": round(max(ordered), 1),
+            "n": len(aborts),
+            "answer_p50": round(statistics.median(answers or [float("nan")]), 1),
+            "answer_p99": round(percentile(answers or [float("nan")], 0.99), 1),
+            "step_seconds": args.cancel_step_seconds,
+            "measured": "from the cancel request being sent to the aborted step's finishedAt "
+            "(answer_*: to the API's 200 with the receipt)",
+            "problems": problems[:10],
+        }
 
 
-@asynccontextmanager
-async def running(
-    env: WorkflowEnvironment, data_dir: Path, step_seconds: float
-) -> AsyncIterator[Bench]:
-    """A worker, the API and a fake marketplace on a task queue of their own."""
-    settings = Settings(
-        task_queue=f"bench-{uuid.uuid4()}",
-        data_dir=data_dir,
-        fulfillment_step_seconds=step_seconds,
-        late_call_window="0s",
-        default_stock=1_000_000,
-        update_timeout_seconds=30,
-        marketplace_allowed_hosts="127.0.0.1",
+def settings_for(stack: ProcessStack) -> Settings:
+    """The API's settings, read from the environment the stack gives the API."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(stack.api.env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def bytecode_cache(workdir: Path, wanted: bool) -> dict[str, str]:
+    """Settings that give the stack's processes a bytecode cache of their own (in `workdir`) even
+    where PYTHONDONTWRITEBYTECODE is set, as on this machine and in the Dockerfile: without one,
+    the workflow sandbox compiles workflows/order.py from source for every new workflow (a
+    quarter of the worker's CPU during placements, in py-spy)."""
+    if not wanted:
+        return {}
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+
+
+@contextlib.asynccontextmanager
+async def running(workdir: Path, args: argparse.Namespace) -> AsyncIterator[Bench]:
+    """The stack, the trivial workflow's worker and this process's clients."""
+    stack = ProcessStack(
+        workdir,
+        workers=1,
+        step_seconds=0,
+        temporal_db=args.temporal_db,
+        env={
+            "DEFAULT_STOCK": str(STOCK),
+            "UPDATE_TIMEOUT_SECONDS": "30",
+            "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
+            **bytecode_cache(workdir, args.bytecode_cache),
+        },
     )
-    limits = httpx.Limits(max_connections=100)
-    async with (
-        local_stack(env.client, settings) as local,
-        httpx.AsyncClient(base_url=local.api_url, timeout=60, limits=limits) as http,
-    ):
-        endpoint = f"{local.marketplace.url}/api/oms?an=bench"
-        yield Bench(http, endpoint, local.marketplace.state)
-
-
-def new_id() -> str:
-    """A fresh marketplaceOrderId."""
-    return f"B{uuid.uuid4().hex[:12]}"
-
-
-def latency(samples: list[float]) -> dict[str, float]:
-    """p50, p95 and max of millisecond samples."""
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(p95, 1),
-        "max_ms": round(ordered[-1], 1),
-        "n": len(ordered),
-    }
-
-
-async def bounded(
-    concurrency: int, job: Callable[[str], Awaitable[Any]], order_ids: list[str]
-) -> list[Any]:
-    """`job(order_id)` for every order, at most `concurrency` at once."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(order_id: str) -> Any:
-        async with gate:
-            return await job(order_id)
-
-    return await asyncio.gather(*(one(order_id) for order_id in order_ids))
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Poll `check` until true; fail the benchmark after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-async def sequential_latency(bench: Bench, count: int) -> dict[str, Any]:
-    """Placement, then dispatch, one call at a time."""
-    ids = [new_id() for _ in range(count)]
-    placements = [await bench.place(order_id) for order_id in ids]
-    dispatches = [(await bench.dispatch(order_id))[0] for order_id in ids]
-    return {"placement": latency(placements), "dispatch": latency(dispatches)}
-
-
-async def throughput(bench: Bench, count: int, concurrency: int) -> dict[str, Any]:
-    """Orders placed and dispatched by `concurrency` clients, until all are invoiced."""
-    ids = [new_id() for _ in range(count)]
-    started = time.perf_counter()
-
-    async def place_and_dispatch(order_id: str) -> None:
-        await bench.place(order_id)
-        await bench.dispatch(order_id)
-
-    await bounded(concurrency, place_and_dispatch, ids)
-    accepted = time.perf_counter() - started
-
-    async def all_invoiced() -> bool:
-        sent = {c.marketplace_order_id for c in bench.marketplace.calls(kind="tracking")}
-        return sent.issuperset(ids)
-
-    await wait_until(all_invoiced, within=600, what=f"{count} orders to be invoiced")
-    total = time.perf_counter() - started
-    invoices = [c for c in bench.marketplace.calls(kind="invoice") if c.marketplace_order_id in ids]
-    statuses = await bounded(concurrency, bench.order, ids)
-    return {
-        "orders": count,
-        "concurrency": concurrency,
-        "accepted_seconds": round(accepted, 2),
-        "invoiced_seconds": round(total, 2),
-        "orders_per_second": round(count / total, 1),
-        "invoice_calls": len(invoices),
-        "invalid_invoice_calls": sum(not c.valid for c in invoices),
-        "not_invoiced": sum(order["status"] != "invoiced" for order in statuses),
-    }
-
-
-async def retried_dispatches(bench: Bench, count: int) -> dict[str, Any]:
-    """Each dispatch sent three times at once: one receipt per order, one fulfillment."""
-    ids = [new_id() for _ in range(count)]
-    for order_id in ids:
-        await bench.place(order_id)
-    samples: list[float] = []
-    mismatched = 0
-    for order_id in ids:
-        answers = await asyncio.gather(*(bench.dispatch(order_id) for _ in range(3)))
-        samples.extend(ms for ms, _ in answers)
-        mismatched += len({response.json()["receipt"] for _, response in answers}) != 1
-    return {"orders": count, "orders_with_differing_receipts": mismatched, **latency(samples)}
-
-
-async def cancel_mid_step(bench: Bench, count: int) -> dict[str, Any]:
-    """Time from the cancel call to its confirmation while a 30 s step runs."""
-    samples: list[float] = []
-    for _ in range(count):
-        order_id = new_id()
-        await bench.place(order_id)
-        await bench.dispatch(order_id)
-
-        async def picking(order_id: str = order_id) -> bool:
-            return (await bench.order(order_id))["currentStep"] == "pick"
-
-        await wait_until(picking, within=30, what="the pick step")
-        body = {"marketplaceOrderId": order_id}
-        elapsed, response = await bench.call("POST", f"/pvt/orders/SLR-{order_id}/cancel", body)
-        if not response.content:
-            raise RuntimeError("the cancellation was not confirmed within CANCEL_CONFIRM_SECONDS")
-        samples.append(elapsed)
-    return latency(samples)
+    trivial_queue = f"{stack.task_queue}-trivial"
+    with stack:
+        trivial = stack.add_process(
+            "bench-worker",
+            [sys.executable, "-m", "devtools.bench_worker"],
+            {"BENCH_TASK_QUEUE": trivial_queue},
+            ready_text=READY_TEXT,
+        )
+        settings = settings_for(stack)
+        client = await connect(settings)
+        http = Http(stack.api_url)
+        profile_dir = Path(args.profile) if args.profile else None
+        if profile_dir:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield Bench(stack, trivial, client, settings, http, trivial_queue, args, profile_dir)
+        finally:
+            http.close()
 
 
 def versions() -> dict[str, str]:
@@ -226,63 +811,218 @@ def versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in names}
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every measure and print a line for each."""
-    results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": versions(),
+def machine() -> dict[str, Any]:
+    """Cores, memory, platform."""
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(memory) / 1024 / 1024, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
     }
-    print(f"machine: {results['machine']}\nversions: {results['versions']}", flush=True)
-    binary = Path(sysconfig.get_path("scripts")) / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary),
-        dev_server_extra_args=DEV_SERVER_ARGS,
-        # Its shutdown logs warnings about its own pollers, which would bury the report.
-        dev_server_log_level="error",
-        data_converter=pydantic_data_converter,
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, rounded; None when either is missing."""
+    return round(a / b, 2) if a and b else None
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, as measured in this run."""
+    checks: dict[str, Any] = {}
+    for call in CALLS:
+        figures = results[call]
+        throughput = ratio(figures["http_rps"], figures["floor_rps"])
+        p99 = ratio(figures["http_p99_ms"], figures["floor_p99_ms"])
+        p50_gap = round(figures["http_p50_ms"] - figures["floor_p50_ms"], 2)
+        checks[f"{call}_http_rps_over_floor"] = {
+            "value": throughput,
+            "target": ">= 0.9",
+            "met": throughput is not None and throughput >= 0.9,
+        }
+        checks[f"{call}_http_p50_minus_floor_ms"] = {
+            "value": p50_gap,
+            "target": "<= 5",
+            "met": p50_gap <= 5,
+        }
+        checks[f"{call}_http_p99_over_floor"] = {
+            "value": p99,
+            "target": "<= 1.5",
+            "met": p99 is not None and p99 <= 1.5,
+        }
+    placement = results["placement"]
+    floor_over_trivial = ratio(placement["floor_p50_ms"], placement["trivial_p50_ms"])
+    checks["placement_floor_p50_over_trivial"] = {
+        "value": floor_over_trivial,
+        "target": "<= 1.3",
+        "met": floor_over_trivial is not None and floor_over_trivial <= 1.3,
+    }
+    abort = results["cancel_to_abort_ms"]["p99"]
+    checks["cancel_to_abort_p99_ms"] = {"value": abort, "target": "<= 1000", "met": abort <= 1000}
+    workers = results["workers"]
+    scaling = ratio(workers["2"], workers["1"])
+    checks["workers_2_over_1"] = {
+        "value": scaling,
+        "target": ">= 1.7",
+        "met": scaling is not None and scaling >= 1.7,
+    }
+    events = results["history_events_happy_path"]
+    checks["history_events_happy_path"] = {"value": events, "target": "<= 60", "met": events <= 60}
+    return checks
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as a table."""
+    lines = [
+        f"{'call':<10} {'http rps':>9} {'floor rps':>9} {'triv rps':>9} {'http p50':>9} "
+        f"{'floor p50':>9} {'triv p50':>9} {'rate':>6} {'http p99':>9} {'floor p99':>9}"
+    ]
+    for call in CALLS:
+        f = results[call]
+        lines.append(
+            f"{call:<10} {f['http_rps']:>9} {f['floor_rps']:>9} {f['trivial_rps']:>9} "
+            f"{f['http_p50_ms']:>9} {f['floor_p50_ms']:>9} {f['trivial_p50_ms']:>9} "
+            f"{f['open_loop_rate_rps']:>6} {f['http_p99_ms']:>9} {f['floor_p99_ms']:>9}"
+        )
+    abort = results["cancel_to_abort_ms"]
+    lines.append(
+        f"cancel to abort: p50 {abort['p50']} ms, p99 {abort['p99']} ms over {abort['n']} orders "
+        f"(the 200: p50 {abort['answer_p50']} ms, p99 {abort['answer_p99']} ms)"
     )
-    try:
-        with tempfile.TemporaryDirectory() as data:
-            async with running(env, Path(data) / "fast", step_seconds=0) as bench:
-                await sequential_latency(bench, 5)  # warm-up: connections, caches
-                results["sequential"] = await sequential_latency(bench, args.sequential)
-                print(f"placement (sequential): {results['sequential']['placement']}")
-                print(f"dispatch  (sequential): {results['sequential']['dispatch']}", flush=True)
-                results["throughput"] = await throughput(bench, args.orders, args.concurrency)
-                print(f"end to end (placed -> invoiced): {results['throughput']}", flush=True)
-                results["retried_dispatch"] = await retried_dispatches(bench, args.retried)
-                print(f"dispatch sent 3x at once: {results['retried_dispatch']}", flush=True)
-            async with running(env, Path(data) / "slow", step_seconds=30) as bench:
-                results["cancel_mid_step"] = await cancel_mid_step(bench, args.cancels)
-                print(f"cancel while a step runs: {results['cancel_mid_step']}", flush=True)
-    finally:
-        await env.shutdown()
+    lines.append(
+        "fulfilled orders/s with 1, 2, 4 workers: "
+        + ", ".join(f"{n}: {results['workers'][n]}" for n in ("1", "2", "4"))
+    )
+    e2e = results["end_to_end"]
+    lines.append(
+        f"end to end over HTTP: {e2e['orders_per_second']} orders/s; CPU s/order: "
+        + ", ".join(f"{r} {v}" for r, v in e2e["cpu_seconds_per_order"].items())
+    )
+    lines.append(f"happy-path history: {results['history_events_happy_path']} events")
+    lines.append(f"RSS MiB: {results['rss_mb']}")
+    sim = results["simulation"]
+    lines.append(
+        f"simulation open loop {sim['rate_rps']}/s: p50 {sim['p50_ms']} ms, p99 {sim['p99_ms']} "
+        f"ms, failures {sim['failures']}"
+    )
+    lines.append("targets:")
+    for name, check in results["targets"].items():
+        mark = "met   " if check["met"] else "MISSED"
+        lines.append(f"  {mark} {name}: {check['value']} (target {check['target']})")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measure on one stack; the simulation on its own afterwards."""
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "versions": versions(),
+        "load_average_before": uptime(),
+        "environment": {
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
+        },
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "py_spy")},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        async with running(Path(folder), args) as bench:
+            # Warm-up: connections, caches, the workers' first workflow tasks.
+            await bench.fill_pools(40, 20)
+            for call in CALLS:
+                for variant in VARIANTS:
+                    await closed_loop(
+                        bench.op(call, variant), bench.items(call, variant, 10), Sample(), 5
+                    )
+            results.update(await bench.calls())
+            e2e, happy = await bench.end_to_end(args.e2e_orders)
+            results["end_to_end"] = e2e
+            print(f"end to end: {e2e}", flush=True)
+            events = await bench.history(happy)
+            results["history_events_happy_path"] = len(events)
+            results["history_event_types"] = dict(Counter(events))
+            results["rss_mb"] = {
+                "api": rss_mb(bench.stack.api.pid),
+                "worker": rss_mb(bench.stack.workers[0].pid),
+                "trivial_worker": rss_mb(bench.trivial_worker.pid),
+                "temporal": rss_mb(bench.stack.temporal.pid),
+                "load_generator": rss_mb(os.getpid()),
+            }
+            scaling = await bench.workers_scaling()
+            results["workers"] = {n: f["orders_per_second"] for n, f in scaling.items()}
+            results["workers_detail"] = {
+                "step_seconds": args.scaling_step_seconds,
+                "max_concurrent_activities": args.slots,
+                **scaling,
+            }
+            results["cancel_to_abort_ms"] = await bench.cancel_to_abort()
+            print(f"cancel to abort: {results['cancel_to_abort_ms']}", flush=True)
     return results
 
 
 def parse_args() -> argparse.Namespace:
-    """The benchmark's sizes."""
+    """The bench's sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sequential", type=int, default=50, help="orders for the latencies")
-    parser.add_argument("--orders", type=int, default=200, help="orders for the throughput")
-    parser.add_argument("--concurrency", type=int, default=20, help="HTTP clients at once")
-    parser.add_argument("--retried", type=int, default=50, help="orders dispatched 3x at once")
-    parser.add_argument("--cancels", type=int, default=10, help="mid-step cancellations")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try the bench")
+    parser.add_argument("--sequential", type=int, default=40, help="calls one at a time")
+    parser.add_argument("--closed", type=int, default=200, help="calls in the closed loop")
+    parser.add_argument("--concurrency", type=int, default=20, help="closed-loop callers")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each variant takes")
     parser.add_argument(
-        "--simulation-rate", type=float, default=200, help="simulations per second, for 10 s"
+        "--rate", type=float, default=0, help="open-loop rate (0: --open-share of the capacity)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    return parser.parse_args()
+    parser.add_argument(
+        "--open-share",
+        type=float,
+        default=0.5,
+        help="open-loop rate as a share of the slower of http and floor in the closed loop",
+    )
+    parser.add_argument("--open-seconds", type=float, default=6, help="open loop per variant")
+    parser.add_argument("--e2e-orders", type=int, default=100, help="orders placed to invoiced")
+    parser.add_argument("--slots", type=int, default=4, help="WORKER_MAX_CONCURRENT_ACTIVITIES")
+    parser.add_argument("--scaling-step-seconds", type=float, default=0.5)
+    parser.add_argument("--scaling-orders", type=int, default=48)
+    parser.add_argument("--cancels", type=int, default=60, help="orders cancelled mid-step")
+    parser.add_argument("--cancel-wave", type=int, default=10, help="cancelled at once")
+    parser.add_argument("--cancel-spacing", type=float, default=0.05, help="s between cancels")
+    parser.add_argument("--cancel-step-seconds", type=float, default=4)
+    parser.add_argument(
+        "--temporal-db",
+        action="store_true",
+        help="the dev server on a SQLite file (each write on disk) rather than in memory",
+    )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        dest="bytecode_cache",
+        action="store_false",
+        help="keep PYTHONDONTWRITEBYTECODE as the environment has it (see bytecode_cache)",
+    )
+    parser.add_argument("--simulation-rate", type=float, default=200)
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument("--profile", help="a folder: py-spy profiles of the closed loops")
+    parser.add_argument("--py-spy", default="/tmp/pyspy/bin/py-spy")
+    args = parser.parse_args()
+    if args.quick:
+        args.sequential, args.closed, args.open_seconds, args.rounds = 20, 60, 2, 2
+        args.e2e_orders, args.scaling_orders, args.cancels = 20, 16, 10
+    return args
+
+
+def main() -> None:
+    """Run, write bench/results.json, print the table."""
+    args = parse_args()
+    started = time.monotonic()
+    # The default loop: bench_simulation's Connection wants asyncio's own transports.
+    results = asyncio.run(run(args))
+    # In processes of its own (the API as `python -m api` runs it), after the rest has stopped.
+    results["simulation"] = bench_simulation.measure(args.simulation_rate, 10)
+    results["load_average_after"] = uptime()
+    results["targets"] = targets(results)
+    results["elapsed_seconds"] = round(time.monotonic() - started)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"done in {results['elapsed_seconds']} s; results in {args.json}", flush=True)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    arguments = parse_args()
-    started = time.monotonic()
-    outcome = asyncio.run(main(arguments))
-    # In processes of its own (the API as `python -m api` runs it), after the rest has stopped.
-    outcome["simulation"] = bench_simulation.measure(arguments.simulation_rate, 10)
-    print(f"fulfillment simulation, open loop: {outcome['simulation']}")
-    print(f"done in {time.monotonic() - started:.0f}s")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(outcome, indent=2) + "\n")
+    main()

@@ -206,6 +206,8 @@ class ProcessStack:
         late_call_window: str = "0s",
         warehouse_url: str = "",
         env: dict[str, str] | None = None,
+        worker_env: dict[str, str] | None = None,
+        temporal_db: bool = True,
     ) -> None:
         """Lay the stack out in `workdir` (logs, databases, the marketplace's journal).
 
@@ -213,6 +215,10 @@ class ProcessStack:
             warehouse_url: The warehouse's database (WAREHOUSE_URL), e.g. a PostgreSQL one;
                 empty for a SQLite file in `workdir`.
             env: Adds or overrides settings of every process (e.g. UPDATE_TIMEOUT_SECONDS).
+            worker_env: Adds or overrides settings of the workers only (e.g.
+                WORKER_MAX_CONCURRENT_ACTIVITIES); `add_worker` takes more per worker.
+            temporal_db: Whether the dev server keeps its state in a SQLite file in `workdir`
+                (it survives `kill -9`, each write on disk) or in memory (lost with the process).
         """
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +245,12 @@ class ProcessStack:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
+        self.worker_env = dict(worker_env or {})
+        # Processes added after construction (`add_worker`, `add_process`), and workers stopped for
+        # good (`retire_workers`): still checked by `leftovers`.
+        self.extras: list[Process] = []
+        self.retired: list[Process] = []
+        self._worker_count = 0
         python = sys.executable
         temporal = str(Path(sysconfig.get_path("scripts")) / "temporal")
         self.temporal = Process(
@@ -252,8 +264,7 @@ class ProcessStack:
                 "--port",
                 str(self.temporal_port),
                 "--headless",
-                "--db-filename",
-                str(self.workdir / "temporal.db"),
+                *(["--db-filename", str(self.workdir / "temporal.db")] if temporal_db else []),
                 "--dynamic-config-value",
                 "frontend.enableServerVersionCheck=false",
                 "--log-level",
@@ -264,16 +275,9 @@ class ProcessStack:
             self.workdir / "temporal.log",
             port=self.temporal_port,
         )
-        self.workers = [
-            Process(
-                f"worker-{n}",
-                [python, "worker.py"],
-                self.env | {"DATA_DIR": str(self.workdir / f"worker-{n}")},
-                self.workdir / f"worker-{n}.log",
-                ready_text="worker polling task queue",
-            )
-            for n in range(1, workers + 1)
-        ]
+        self.workers: list[Process] = []
+        for _ in range(workers):
+            self.workers.append(self._new_worker())
         self.api = Process(
             "api",
             [python, "-m", "api"],
@@ -301,6 +305,60 @@ class ProcessStack:
             health_url=f"{self.marketplace_url}/healthz",
         )
 
+    def _new_worker(self, env: dict[str, str] | None = None) -> Process:
+        self._worker_count += 1
+        n = self._worker_count
+        return Process(
+            f"worker-{n}",
+            [sys.executable, "worker.py"],
+            self.env
+            | self.worker_env
+            | {"DATA_DIR": str(self.workdir / f"worker-{n}")}
+            | (env or {}),
+            self.workdir / f"worker-{n}.log",
+            ready_text="worker polling task queue",
+        )
+
+    def add_worker(self, env: dict[str, str] | None = None, *, start: bool = True) -> Process:
+        """One more worker (named after the ones before: worker-3, worker-4...), with `env` on top
+        of the stack's settings; started (and waited for) unless `start` is false."""
+        worker = self._new_worker(env)
+        self.workers.append(worker)
+        if start:
+            worker.start()
+        return worker
+
+    def retire_workers(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and forget them: the next `add_worker` starts
+        a fresh set on the same task queue."""
+        for worker in self.workers:
+            worker.terminate()
+        self.retired.extend(self.workers)
+        self.workers = []
+
+    def add_process(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        ready_text: str | None = None,
+        start: bool = True,
+    ) -> Process:
+        """Another process of the stack (e.g. a benchmark's own worker), in the repository's
+        folder with the stack's settings and `env`; stopped with the stack."""
+        process = Process(
+            name,
+            command,
+            self.env | (env or {}),
+            self.workdir / f"{name}.log",
+            ready_text=ready_text,
+        )
+        self.extras.append(process)
+        if start:
+            process.start()
+        return process
+
     @property
     def api_url(self) -> str:
         """The seller API's base URL."""
@@ -324,7 +382,7 @@ class ProcessStack:
     @property
     def processes(self) -> list[Process]:
         """Every piece, in start order."""
-        return [self.temporal, self.marketplace, *self.workers, self.api]
+        return [self.temporal, self.marketplace, *self.workers, *self.extras, self.api]
 
     def start(self, wait_seconds: float = 90) -> None:
         """Start the dev server, then every other piece at once (their start-ups overlap), and
@@ -354,7 +412,7 @@ class ProcessStack:
         none should: a process there would be an orphan)."""
         return [
             f"{process.name} (group {group})"
-            for process in self.processes
+            for process in [*self.processes, *self.retired]
             for group in process.groups
             if group_alive(group)
         ]

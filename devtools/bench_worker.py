@@ -1,0 +1,39 @@
+"""`python -m devtools.bench_worker`: runs devtools/bench_workflows.py's TrivialWorkflow on
+BENCH_TASK_QUEUE against TEMPORAL_ADDRESS, with the client the orders' worker builds
+(worker.connect: same data converter), until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from temporalio.worker import Worker
+
+from config import get_settings
+from devtools.bench_workflows import TrivialWorkflow
+from logs import configure_logging
+from worker import connect
+
+READY_TEXT = "bench worker polling"
+
+log = logging.getLogger("bench_worker")
+
+
+async def main() -> None:
+    """Serve the trivial workflow until interrupted."""
+    settings = get_settings()
+    task_queue = os.environ.get("BENCH_TASK_QUEUE", f"{settings.task_queue}-trivial")
+    stop = asyncio.Event()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(stop_signal, stop.set)
+    client = await connect(settings)
+    async with Worker(client, task_queue=task_queue, workflows=[TrivialWorkflow]):
+        log.info("%s %s", READY_TEXT, task_queue)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    configure_logging()
+    asyncio.run(main())
