@@ -21,6 +21,10 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
 COPY . .
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info
+# Bytecode now, once: with PYTHONDONTWRITEBYTECODE a worker would otherwise compile the workflow's
+# modules from source for every new workflow's sandbox (a quarter of its CPU in BENCHMARKS.md's
+# profiles).
+RUN python -m compileall -q .
 
 # A non-root user, owning /data (DATA_DIR): the simulated warehouse's SQLite file lives there
 # when WAREHOUSE_URL is unset. docker-compose.yml sets WAREHOUSE_URL and mounts a tmpfs there.
