@@ -56,11 +56,11 @@ def percentile(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
-def request_bytes(host: str, path: str, body: dict[str, Any]) -> bytes:
-    """One HTTP/1.1 POST of `body` as JSON, kept alive."""
-    payload = json.dumps(body).encode()
+def request_bytes(host: str, path: str, body: Any = None, method: str = "POST") -> bytes:
+    """One HTTP/1.1 request of `body` as JSON (none: empty), kept alive."""
+    payload = b"" if body is None else json.dumps(body).encode()
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nAccept: application/json\r\n\r\n"
     )
     return head.encode() + payload
@@ -129,13 +129,18 @@ class Client:
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
+        self.netloc = parts.netloc
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.raw = request_bytes(parts.netloc, PATH, CART)
+        self.cart_request = request_bytes(parts.netloc, PATH, CART)
         self.idle: list[Connection] = []
         self.opened = 0
 
     async def simulate(self) -> tuple[int, bytes]:
         """One simulation of CART: its status and body."""
+        return await self.request(self.cart_request)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one whole request's bytes; the answer's status and body."""
         while self.idle:
             connection = self.idle.pop()
             if connection.closed:
@@ -150,7 +155,7 @@ class Client:
             )
             self.opened += 1
         try:
-            answer = await connection.post(self.raw)
+            answer = await connection.post(raw)
         except BaseException:
             if connection.transport is not None:
                 connection.transport.close()

@@ -14,13 +14,21 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from activities.simulated_warehouse import SimulatedWarehouse
-from tests.stack import new_order_id, running_stack
+from tests.stack import Stack, new_order_id, running_stack
 
 
 class NoTrackingWarehouse(SimulatedWarehouse):
     """A warehouse written before tracking existed: it has no `track`."""
 
     track = None  # type: ignore[assignment]
+
+
+async def placed_and_dispatched(stack: Stack) -> str:
+    """A new order of the spec's example, placed and dispatched; its marketplaceOrderId."""
+    order_id = new_order_id()
+    assert (await stack.place(order_id)).status_code == 200
+    assert (await stack.dispatch(order_id)).status_code == 200
+    return order_id
 
 
 def following(temporal_env: WorkflowEnvironment, tmp_path: Path, **overrides: Any) -> Any:
@@ -83,9 +91,7 @@ async def test_a_tracking_status_the_marketplace_refuses_for_now_is_sent_again(
         temporal_env, tmp_path, carrier_delivery_time="1s", late_call_window="1m"
     ) as stack:
         stack.marketplace.fail_next("tracking_status", 2, status=503)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
         # Delivered: a first cancellation is refused as after the invoice.
         refused = await stack.cancel(order_id)
@@ -103,9 +109,7 @@ async def test_an_operator_closing_the_order_stops_following_the_parcel(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         await stack.wait_for(
             order_id, lambda o: o["delivery"] and o["delivery"]["eventsReported"] == 1
         )
@@ -121,9 +125,7 @@ async def test_with_no_tracking_interval_the_order_ends_invoiced(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     async with running_stack(temporal_env, tmp_path) as stack:  # TRACKING_POLL_INTERVAL=0s
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         view = await stack.handle(order_id).result()
 
     assert view.status == "invoiced" and view.delivery is None
@@ -135,9 +137,7 @@ async def test_a_delivered_status_the_marketplace_refuses_once_is_posted_again(
 ) -> None:
     async with following(temporal_env, tmp_path, carrier_delivery_time="0s") as stack:
         stack.marketplace.fail_next("tracking_status", 1, status=400)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
 
     posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
@@ -150,9 +150,7 @@ async def test_a_delivered_status_refused_for_good_is_delivered_with_attention(
 ) -> None:
     async with following(temporal_env, tmp_path, carrier_delivery_time="0s") as stack:
         stack.marketplace.fail_next("tracking_status", 3, status=400)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
 
     posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
@@ -166,9 +164,7 @@ async def test_an_operator_closing_the_order_stops_a_post_being_retried(
 ) -> None:
     async with following(temporal_env, tmp_path) as stack:
         stack.marketplace.fail_next("tracking_status", 1000, status=503)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         await stack.marketplace.wait_for_calls(
             2, kind="tracking_status", marketplace_order_id=order_id
         )
@@ -184,9 +180,7 @@ async def test_a_warehouse_without_tracking_stops_following_visibly(
 ) -> None:
     factory = "tests.test_delivery:NoTrackingWarehouse.from_settings"
     async with following(temporal_env, tmp_path, warehouse=factory) as stack:
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         view = await asyncio.wait_for(stack.handle(order_id).result(), 20)
 
     assert view.status == "invoiced"
@@ -201,9 +195,7 @@ async def test_an_in_transit_status_refused_for_good_is_not_posted_again(
     # delivered status, which goes through.
     async with following(temporal_env, tmp_path, carrier_delivery_time="4s") as stack:
         stack.marketplace.fail_next("tracking_status", 1, status=400)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
+        order_id = await placed_and_dispatched(stack)
         order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
 
     posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
