@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
     # How many activities (fulfillment steps, marketplace calls) one worker runs at once; unset:
     # the SDK's default. A step waiting on slow I/O holds its slot the whole time.
     worker_max_concurrent_activities: int | None = Field(default=None, gt=0)
+    # How the workflows' sandbox gets its modules. `shared`: imported once per worker and passed
+    # through (the SDK's passthrough_all_modules); `fresh`: re-imported for every workflow run,
+    # with datetime.now, random, I/O... refused in workflow code. `fresh` costs about 4 ms of the
+    # worker's CPU per new order (a quarter of a placement's); the test suite runs `fresh`, so
+    # that a non-deterministic call in workflow code fails the tests (worker.py).
+    workflow_sandbox: Literal["shared", "fresh"] = "shared"
 
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)

@@ -34,7 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.errors import CONFLICT_TYPES, ApiError, not_found, unavailable
 from api.models import OrderPlacement, RequestOrderId
 from config import Settings
-from workflows import ids
+from workflows import ids, search
 from workflows.durations import lock_deadline, parse_duration
 from workflows.lifecycle import CANCEL_CONFIRMED_IN
 from workflows.messages import (
@@ -121,6 +121,9 @@ async def place_order(
         # A placement retried after the order ended must not start it again.
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         static_summary=f"VTEX order {order.marketplace_order_id} (seller {order.order_id})",
+        search_attributes=search.at_start(
+            order.marketplace_order_id, order.order_id, str(OrderStatus.RESERVING)
+        ),
     )
 
     async def place() -> PlacementResult:

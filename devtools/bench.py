@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -186,10 +187,14 @@ async def timed(op: Op, item: Any, sample: Sample, since: float) -> None:
     sample.latencies_ms.append((time.perf_counter() - since) * 1000)
 
 
-async def one_at_a_time(op: Op, items: list[Any], sample: Sample) -> None:
-    """Each call after the previous one's answer."""
+async def one_at_a_time(
+    op: Op, items: list[Any], sample: Sample, after: Callable[[Any], Awaitable[None]] | None = None
+) -> None:
+    """Each call after the previous one's answer, and after `after(item)` (not timed)."""
     for item in items:
         await timed(op, item, sample, time.perf_counter())
+        if after is not None:
+            await after(item)
 
 
 async def closed_loop(op: Op, items: list[Any], sample: Sample, concurrency: int) -> None:
@@ -375,6 +380,16 @@ class Bench:
         }
         return ops[(call, variant)]
 
+    async def order_done(self, item: Any) -> None:
+        """Wait until the order a dispatch or a cancel was made on has ended (invoiced or
+        canceled: the bench's late-call window is 0 s), so that the next call one at a time has
+        the machine to itself, as the trivial workflow's, which starts nothing, has."""
+        if not isinstance(item, tuple):
+            return  # the trivial workflow's: nothing runs after its answer
+        handle = self.client.get_workflow_handle(ids.workflow_id(item[0]))
+        with contextlib.suppress(Exception):  # a failed call was counted; the next goes on
+            await asyncio.wait_for(handle.result(), 60)
+
     async def fill_pools(self, orders: int, trivial: int) -> None:
         """Enough placed orders and open trivial workflows for the next shape (not measured)."""
         if len(self.placed) < orders:
@@ -485,8 +500,13 @@ class Bench:
         args = self.args
         results: dict[str, Any] = {}
         for call in CALLS:
+            after = self.order_done if call != "placement" else None
             sequential = await self.shape(
-                call, "sequential", VARIANTS, args.sequential, one_at_a_time
+                call,
+                "sequential",
+                VARIANTS,
+                args.sequential,
+                functools.partial(one_at_a_time, after=after),
             )
             closed = await self.shape(
                 call,

@@ -1,6 +1,6 @@
 """`python -m devtools.bench_worker`: runs devtools/bench_workflows.py's TrivialWorkflow on
 BENCH_TASK_QUEUE against TEMPORAL_ADDRESS, with the client the orders' worker builds
-(worker.connect: same data converter), until SIGTERM."""
+(worker.connect: same data converter) and the same sandbox, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from config import get_settings
 from devtools.bench_workflows import TrivialWorkflow
 from logs import configure_logging
-from worker import connect
+from worker import connect, workflow_runner
 
 READY_TEXT = "bench worker polling"
 
@@ -29,7 +29,11 @@ async def main() -> None:
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(stop_signal, stop.set)
     client = await connect(settings)
-    async with Worker(client, task_queue=task_queue, workflows=[TrivialWorkflow]):
+    # The orders' workers' sandbox (WORKFLOW_SANDBOX): the floor is the same SDK, set up alike.
+    runner = workflow_runner(settings)
+    async with Worker(
+        client, task_queue=task_queue, workflows=[TrivialWorkflow], workflow_runner=runner
+    ):
         log.info("%s %s", READY_TEXT, task_queue)
         await stop.wait()
 

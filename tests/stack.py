@@ -151,6 +151,8 @@ async def running_stack(
         "temporal_ui_url": "http://127.0.0.1:8233",
         # The fake marketplace listens on loopback: listed exactly, as make run does.
         "marketplace_allowed_hosts": "127.0.0.1",
+        # The sandbox that refuses a non-deterministic call in workflow code (worker.py).
+        "workflow_sandbox": "fresh",
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -57,6 +57,10 @@ async def test_happy_path_reaches_invoiced(
         # late_call_window is 0s here: the workflow closes once the order is invoiced.
         result = await stack.handle(order_id).result()
         assert result.status == "invoiced"
+        # issue 10's bound: one patch marker, the search attributes given at the start, one upsert
+        # per status change.
+        events = [event async for event in stack.handle(order_id).fetch_history_events()]
+        assert len(events) <= 60, [EventType.Name(event.event_type) for event in events]
 
 
 async def test_cancel_before_dispatch_releases_the_stock(

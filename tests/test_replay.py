@@ -181,6 +181,8 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "refused_for_stock": _refused_for_stock,
             "delivered_then_refused": _delivered_then_refused,
             "reserved_in_the_first_task": _reserved_in_the_first_task,
+            # Recorded with `fewer-events`: every older patch taken without its marker.
+            "delivered_in_fewer_events": _reserved_in_the_first_task,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)

@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from api import order_calls
+from api.errors import ApiError
+from api.models import OrderPlacement
+from config import Settings
+from tests.conftest import BIN_DIR
 from tests.stack import Stack, new_order_id, placement_example, running_stack, temporal_cli_json
+from workflows import ids
 
 
 async def listed(env: WorkflowEnvironment, query: str) -> set[str]:
@@ -77,3 +88,32 @@ async def test_orders_in_every_state_are_found_by_each_attribute(
         query = f"InvoiceNotDelivered=true AND {queue}"
         assert await finds(temporal_env, query, f"order-{packing}"), query
         assert await finds(temporal_env, f'OrderStatus="invoiced" AND {queue}', f"order-{packing}")
+
+
+async def test_a_namespace_without_the_attributes_refuses_the_placement_visibly(
+    tmp_path: Path,
+) -> None:
+    # A server whose namespace never had them registered (no worker has started against it): the
+    # API's update-with-start, which carries them, is refused before anything starts.
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN_DIR / "temporal"),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        order_id = new_order_id()
+        placement = OrderPlacement.model_validate(
+            placement_example(order_id, "https://teststore.vtexcommercestable.com.br/api")
+        )
+        settings = Settings(task_queue=f"test-{uuid.uuid4()}", data_dir=tmp_path)
+        with pytest.raises(ApiError) as refused:
+            await order_calls.place_order(env.client, settings, placement, datetime.now(UTC))
+        assert refused.value.status == 503, refused.value
+        # e.g. "Temporal: Namespace default has no mapping defined for search attribute
+        # InvoiceNotDelivered": ops see what to register.
+        assert "no mapping defined for search attribute" in refused.value.message
+        handle = env.client.get_workflow_handle(ids.workflow_id(order_id))
+        with pytest.raises(RPCError):
+            await handle.describe()  # nothing was started
+    finally:
+        await env.shutdown()

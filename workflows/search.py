@@ -8,7 +8,7 @@ start the dev server with `--search-attribute`, compose runs a job, and every wo
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 FULFILLMENT_STEP = SearchAttributeKey.for_keyword("FulfillmentStep")
@@ -26,6 +26,19 @@ REGISTERED: dict[str, str] = {
     SELLER_ORDER_ID.name: "Keyword",
     INVOICE_NOT_DELIVERED.name: "Bool",
 }
+
+
+def at_start(marketplace_order_id: str, order_id: str, status: str) -> TypedSearchAttributes:
+    """What an order is started with, so that it is listed from its first moment and its first
+    workflow task does not upsert them (no step yet: FulfillmentStep unset)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(MARKETPLACE_ORDER_ID, marketplace_order_id),
+            SearchAttributePair(SELLER_ORDER_ID, order_id),
+            SearchAttributePair(ORDER_STATUS, status),
+            SearchAttributePair(INVOICE_NOT_DELIVERED, False),
+        ]
+    )
 
 
 def dev_server_flags() -> list[str]:
