@@ -207,16 +207,20 @@ class OrderWorkflow:
         self._ended_at: dict[OrderStatus, datetime] = {}
         self._closes_at: datetime | None = None
         self._close_early = False
-        # The search attributes as Temporal has them: those the order was started with (by the
-        # API, from this version on), then every upsert.
-        self._published: dict[str, object] = {
-            pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
-        }
-        if self._published:
-            self._published.setdefault(search.FULFILLMENT_STEP.name, "")
         # Asked here, at the start, and nowhere else: an order started before it replays its
         # first task with False, and so keeps asking the older patches as it did.
         self._fewer_events = workflow.patched(FEWER_EVENTS)
+        # The search attributes as Temporal has them, so that only changes are upserted. An order
+        # on this code counts those it was started with (the API gives them); an order whose
+        # first task ran on older code upserted them all there, whatever its start carried (an
+        # API of this version and an older worker), and must replay that upsert.
+        self._published: dict[str, object] = {}
+        if self._fewer_events:
+            self._published = {
+                pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
+            }
+            if self._published:
+                self._published.setdefault(search.FULFILLMENT_STEP.name, "")
         # The invoice sent again to refuse a cancellation, running beside the order's life.
         self._invoice_resend: asyncio.Task[None] | None = None
 
