@@ -173,6 +173,14 @@ class Sample:
             "failures": len(self.failures),
             "first_failure": self.failures[0] if self.failures else None,
             "rps_per_turn": [round(n / seconds, 1) for n, seconds in self.turns if seconds],
+            # The five slowest calls, as [call's index in the shape (turns in order), ms]: a
+            # pause shows as consecutive indices.
+            "slowest": [
+                [i, round(self.latencies_ms[i], 1)]
+                for i in sorted(
+                    sorted(range(len(self.latencies_ms)), key=lambda i: -self.latencies_ms[i])[:5]
+                )
+            ],
             "cpu_ms_per_op": {
                 role: round(ms / max(len(self.latencies_ms), 1), 2) for role, ms in self.cpu.items()
             },
