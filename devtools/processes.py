@@ -222,7 +222,15 @@ class ProcessStack:
         """
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.temporal_port, self.api_port, self.marketplace_port = free_ports(3)
+        # Every port chosen at once, the dev server's HTTP API and metrics ones too: left to pick
+        # its own, the dev server once took the marketplace's (chosen, not yet listened on).
+        (
+            self.temporal_port,
+            self.api_port,
+            self.marketplace_port,
+            temporal_http_port,
+            temporal_metrics_port,
+        ) = free_ports(5)
         self.task_queue = f"orders-{self.temporal_port}"
         self.warehouse_db = self.workdir / "warehouse.db"
         # What a SimulatedWarehouse of the test opens to see the workers' stock.
@@ -263,6 +271,10 @@ class ProcessStack:
                 HOST,
                 "--port",
                 str(self.temporal_port),
+                "--http-port",
+                str(temporal_http_port),
+                "--metrics-port",
+                str(temporal_metrics_port),
                 "--headless",
                 *(["--db-filename", str(self.workdir / "temporal.db")] if temporal_db else []),
                 "--dynamic-config-value",
