@@ -2,23 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+# uv reads uv.lock; the same version that the dev extra pins (pyproject.toml).
+UV_VERSION := $(shell sed -n 's/.*"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
+# uv uses the venv's Python, never one it would download.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint format bench soak clean
+.PHONY: run test lint lock-check lock format bench soak deploy-test clean
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
+# Exactly the versions in uv.lock: the project, its dependencies and the dev extra.
+$(STAMP): pyproject.toml uv.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is needed (.python-version): make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) sync --quiet --frozen --extra dev --python $(PY)
 	@touch $@
+
+## lock: upgrade every dependency on purpose, within pyproject.toml's ranges; commit uv.lock.
+lock: $(STAMP)
+	$(UV) lock --upgrade --python $(PY)
+	$(UV) sync --quiet --frozen --extra dev --python $(PY)
+
+# uv.lock must still match pyproject.toml: a dependency added without `uv lock` fails here.
+lock-check: $(STAMP)
+	$(UV) lock --check --python $(PY)
 
 ## run: the embedded stack (Temporal dev server + UI, a worker, the API, a fake marketplace). Ctrl-C stops all.
 run: $(STAMP)
 	$(PY) -m devtools.run_local
 
 ## test: lint, type-check and the whole test suite against real Temporal servers.
-test: $(STAMP) lint
+test: $(STAMP) lock-check lint
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -6,6 +6,7 @@ between them. Tests build their own `Settings` instead of touching the environme
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -20,11 +21,18 @@ from workflows.ids import DEFAULT_TASK_QUEUE
 # Where `make run` keeps the payload encryption key it made on its first start.
 PAYLOAD_KEY_FILE = "payload-encryption.key"
 
+# Where compose mounts its `secrets:`: a file named after a setting (`seller_app_token`) gives its
+# value, so that secrets stay out of environment variables (`docker inspect` shows those). An
+# environment variable of the same name still wins.
+SECRETS_DIR = Path(os.environ.get("SECRETS_DIR", "/run/secrets"))
+
 
 class Settings(BaseSettings):
     """Every knob of the service, each one an environment variable of the same name in capitals."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None
+    )
 
     # Temporal
     temporal_address: str = "localhost:7233"
