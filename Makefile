@@ -54,5 +54,10 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m devtools.soak
 
+## deploy-test: the real docker-compose.yml brought up with Docker on this machine (docs/production.md).
+deploy-test: $(STAMP)
+	$(UV) sync --quiet --frozen --extra dev --extra deploy-test --python $(PY)
+	$(PY) -m devtools.deploy_test $(DEPLOY_TEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

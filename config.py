@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from workflows.durations import parse_duration
@@ -110,6 +111,9 @@ class Settings(BaseSettings):
     # postgresql+psycopg://user:password@host:5432/warehouse for workers on many hosts. Empty: a
     # SQLite file (WAREHOUSE_DB), shared by the workers of one host only.
     warehouse_url: str = Field(default="", repr=False)
+    # The password of WAREHOUSE_URL's user, when the URL has none: from a secret file
+    # (/run/secrets/warehouse_db_password), so that the URL itself holds no secret.
+    warehouse_db_password: str = Field(default="", repr=False)
     # That SQLite file; defaults to $DATA_DIR/warehouse.db.
     warehouse_db: Path | None = None
     # Unset: a SKU the catalog (activities/catalog.py) does not list is unknown. Set (for demos
@@ -174,6 +178,12 @@ class Settings(BaseSettings):
     @property
     def warehouse_store(self) -> str | Path:
         """The simulated warehouse's database: WAREHOUSE_URL, or else its SQLite file."""
+        if self.warehouse_url and self.warehouse_db_password:
+            url = make_url(self.warehouse_url)
+            if url.password is None:
+                return url.set(password=self.warehouse_db_password).render_as_string(
+                    hide_password=False
+                )
         return self.warehouse_url or self.warehouse_db or self.data_dir / "warehouse.db"
 
     @property

