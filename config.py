@@ -101,6 +101,9 @@ class Settings(BaseSettings):
 
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)
+    # True: the API and the workers refuse to start without PAYLOAD_ENCRYPTION_KEY, rather than
+    # store customer data in Temporal in clear.
+    require_payload_encryption: bool = False
 
     # Warehouse
     # "module:callable" returning a Warehouse; see activities/warehouse.py.

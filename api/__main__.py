@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from activities.catalog import Catalog
 from api.app import create_app
 from api.catalog_check import checks_catalog
+from codec import encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
 
@@ -64,13 +65,16 @@ def catalog_line(settings: Settings) -> str:
 
 
 def main() -> None:
-    """Serve until interrupted; refuse to start with authentication half on or off in public."""
+    """Serve until interrupted; refuse to start with authentication half on or off in public,
+    or without the payload key that REQUIRE_PAYLOAD_ENCRYPTION asks for."""
     configure_logging()
     try:
         settings = get_settings()
     except ValidationError as err:
         sys.exit(f"the API cannot start: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
-    problem = authentication_problem(settings)
+    problem = authentication_problem(settings) or encryption_problem(
+        settings.encryption_key, settings.require_payload_encryption
+    )
     if problem:
         sys.exit(f"the API cannot start: {problem}")
     log.info(
@@ -78,6 +82,9 @@ def main() -> None:
         "on: every /pvt call must carry X-VTEX-API-AppKey and X-VTEX-API-AppToken"
         if settings.seller_auth_enabled
         else "OFF: /pvt calls are not checked (set SELLER_APP_KEY and SELLER_APP_TOKEN)",
+    )
+    (log.info if settings.encryption_key else log.warning)(
+        "%s", encryption_line(settings.encryption_key)
     )
     line = catalog_line(settings)
     # Loud when it will refuse every SKU.
