@@ -9,7 +9,7 @@ metadata, so keys rotate by putting a new key first and keeping the old ones aft
 as orders written with them may be read.
 
 `python -m codec new-key [key-id]` prints a fresh key entry. The Temporal UI shows decrypted
-payloads through the API's codec routes (api/routes/codec.py).
+payloads through the codec routes of the API's ops listener (api/routes/codec.py, api/ops.py).
 """
 
 from __future__ import annotations
