@@ -86,9 +86,9 @@ class Listener(uvicorn.Server):
         yield
 
 
-async def serve(servers: list[Listener]) -> None:
-    """Serve until SIGINT/SIGTERM (a second SIGINT: at once), or until one server stops (e.g.
-    its port taken), which stops the others."""
+async def serve(servers: list[Listener]) -> list[Listener]:
+    """Serve until SIGINT/SIGTERM (a second SIGINT: at once), or until one server stops, which
+    stops the others; the servers that could not start (e.g. their port taken)."""
     loop = asyncio.get_running_loop()
 
     def stop(signum: signal.Signals) -> None:
@@ -97,13 +97,21 @@ async def serve(servers: list[Listener]) -> None:
                 server.force_exit = True
             server.should_exit = True
 
+    async def run(server: Listener) -> bool:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's word for "could not start"; it logged why.
+            return False
+        return True
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    tasks = [asyncio.create_task(run(server)) for server in servers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
-    await asyncio.gather(*tasks)
+    started = await asyncio.gather(*tasks)
+    return [server for server, ok in zip(servers, started, strict=True) if not ok]
 
 
 def main() -> None:
@@ -153,7 +161,10 @@ def main() -> None:
         )
     ]
     with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
-        runner.run(serve([Listener(config) for config in configs]))
+        failed = runner.run(serve([Listener(config) for config in configs]))
+    if failed:
+        where = ", ".join(f"{s.config.host}:{s.config.port}" for s in failed)
+        sys.exit(f"the API stopped: it could not listen on {where} (see above)")
 
 
 if __name__ == "__main__":

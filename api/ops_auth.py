@@ -80,7 +80,7 @@ class JwtVerifier:
         try:
             jwt.decode(
                 token,
-                key,
+                key.key,
                 algorithms=ALGORITHMS,
                 audience=self._audience,
                 issuer=self._issuer,

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -574,3 +575,19 @@ async def test_a_signal_stops_both_listeners(tmp_path: Path, stop: str) -> None:
     assert code == 0, api.log_tail()
     assert not listening(api_port) and not listening(int(api.env["OPS_PORT"]))
     assert api.log_tail().count("Finished server process") == 2  # Each listener, shut down.
+
+
+def test_a_taken_ops_port_stops_the_api_with_its_address(tmp_path: Path) -> None:
+    process = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], {})
+    with socket.socket() as taken:
+        taken.bind((HOST, int(process.env["OPS_PORT"])))
+        taken.listen()
+
+        result = subprocess.run(
+            process.command, env=process.env, capture_output=True, text=True, timeout=60
+        )
+
+    assert result.returncode == 1
+    assert f"could not listen on {HOST}:{process.env['OPS_PORT']}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not listening(int(process.env["API_PORT"]))
