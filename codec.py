@@ -9,7 +9,7 @@ metadata, so keys rotate by putting a new key first and keeping the old ones aft
 as orders written with them may be read.
 
 `python -m codec new-key [key-id]` prints a fresh key entry. The Temporal UI shows decrypted
-payloads through the API's codec routes (api/routes/codec.py).
+payloads through the codec routes of the API's ops listener (api/routes/codec.py, api/ops.py).
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class EncryptionCodec(PayloadCodec):
             raise ValueError(f"no key {current!r}")
         self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
         self._current = current
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The configured key ids, the one that encrypts first."""
+        return [self._current, *(key_id for key_id in self._ciphers if key_id != self._current)]
 
     @classmethod
     def from_setting(cls, setting: str) -> EncryptionCodec:
@@ -103,6 +108,38 @@ def data_converter(encryption_key: str) -> DataConverter:
     return dataclasses.replace(
         pydantic_data_converter, payload_codec=EncryptionCodec.from_setting(encryption_key)
     )
+
+
+def encryption_problem(setting: str, required: bool) -> str | None:
+    """Why a process must not start with this PAYLOAD_ENCRYPTION_KEY, or None: a key that does
+    not parse, or none while REQUIRE_PAYLOAD_ENCRYPTION says customer data must not reach
+    Temporal in clear."""
+    if setting:
+        try:
+            EncryptionCodec.from_setting(setting)
+        except ValueError as err:
+            return str(err)
+        return None
+    if required:
+        return (
+            "REQUIRE_PAYLOAD_ENCRYPTION is true but PAYLOAD_ENCRYPTION_KEY is not set: customer "
+            "data would reach Temporal in clear. Set PAYLOAD_ENCRYPTION_KEY (or the file "
+            "payload_encryption_key in SECRETS_DIR); python -m codec new-key makes one"
+        )
+    return None
+
+
+def encryption_line(setting: str) -> str:
+    """What a process says at start about its payloads: encrypted, with which key (its id,
+    never the key), or not. `setting` must have passed `encryption_problem`."""
+    if not setting:
+        return (
+            "payloads: NOT encrypted (PAYLOAD_ENCRYPTION_KEY is not set): customer data is "
+            "stored in Temporal in clear"
+        )
+    current, *older = EncryptionCodec.from_setting(setting).key_ids
+    also = f"; older key(s) {', '.join(older)} decrypt only" if older else ""
+    return f"payloads: encrypted (AES-256-GCM) with key id {current}{also}"
 
 
 def new_key_entry(key_id: str | None = None) -> str:

@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,23 @@ class Settings(BaseSettings):
     # Put in the placement answer as followUpEmail when set.
     follow_up_email: str = ""
 
+    # Ops listener: a second port of `python -m api` for what VTEX must not reach (/metrics,
+    # /docs, /openapi.json, the payload codec the Temporal UI calls); see docs/ops-listener.md.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8001
+    # When set, every ops route but /healthz requires `Authorization: Bearer <OPS_TOKEN>` (the
+    # codec's JWTs below aside). A secret: e.g. the file ops_token in SECRETS_DIR.
+    ops_token: str = Field(default="", repr=False)
+    # When set, the codec routes also take a JWT (the Temporal UI's OIDC access token, sent with
+    # TEMPORAL_CODEC_PASS_ACCESS_TOKEN=true) signed by a key of this JWKS, for this audience
+    # (required with it) and, when set, from this issuer.
+    codec_jwks_url: str = ""
+    codec_jwt_audience: str = ""
+    codec_jwt_issuer: str = ""
+    # The browser origins (scheme://host:port, comma-separated) whose pages may call the codec
+    # routes: the Temporal UI's. Empty: TEMPORAL_UI_URL's origin.
+    codec_cors_origins: str = ""
+
     # Order workflow
     # Used when a placement has no shippingData.logisticsInfo[].lockTTL. Same format: 8d, 12h, 30m.
     default_lock_ttl: str = "8d"
@@ -102,6 +120,9 @@ class Settings(BaseSettings):
 
     # Customer data encrypted in Temporal: `key-id:base64-key[,older...]`; see codec.py.
     payload_encryption_key: str = Field(default="", repr=False)
+    # True: the API and the workers refuse to start without PAYLOAD_ENCRYPTION_KEY, rather than
+    # store customer data in Temporal in clear.
+    require_payload_encryption: bool = False
 
     # Warehouse
     # "module:callable" returning a Warehouse; see activities/warehouse.py.
@@ -174,6 +195,17 @@ class Settings(BaseSettings):
             return self.payload_encryption_key
         key_file = self.data_dir / PAYLOAD_KEY_FILE
         return key_file.read_text().strip() if key_file.exists() else ""
+
+    @property
+    def codec_origins(self) -> list[str]:
+        """CODEC_CORS_ORIGINS, or TEMPORAL_UI_URL's origin, each as `scheme://host[:port]`."""
+        listed = self.codec_cors_origins or self.temporal_ui_url
+        origins = []
+        for url in (part.strip() for part in listed.split(",")):
+            parts = urlsplit(url)
+            if parts.scheme and parts.netloc:
+                origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return origins
 
     @property
     def warehouse_store(self) -> str | Path:

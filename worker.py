@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -34,7 +35,7 @@ from activities.change_notifications import (
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
-from codec import data_converter
+from codec import data_converter, encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
 from workflows import search
@@ -197,8 +198,14 @@ def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner:
 
 
 async def main() -> None:
-    """Connect (retrying while Temporal starts) and run until interrupted."""
+    """Connect (retrying while Temporal starts) and run until interrupted; refuse to start
+    without a payload key when REQUIRE_PAYLOAD_ENCRYPTION says so."""
     settings = get_settings()
+    problem = encryption_problem(settings.encryption_key, settings.require_payload_encryption)
+    if problem:
+        sys.exit(f"the worker cannot start: {problem}")
+    encrypted = encryption_line(settings.encryption_key)
+    (log.info if settings.encryption_key else log.warning)("%s", encrypted)
     stop = asyncio.Event()
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(stop_signal, stop.set)

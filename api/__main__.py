@@ -1,10 +1,15 @@
-"""`python -m api`: serve the API on API_HOST:API_PORT against TEMPORAL_ADDRESS."""
+"""`python -m api`: serve the API on API_HOST:API_PORT (what VTEX calls) and the ops listener on
+OPS_HOST:OPS_PORT (metrics, docs, the payload codec), one process, one Temporal client at
+TEMPORAL_ADDRESS."""
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from pydantic import ValidationError
@@ -13,20 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from activities.catalog import Catalog
 from api.app import create_app
 from api.catalog_check import checks_catalog
+from api.ops import create_ops_app
+from api.ops_auth import OpsAccess, is_loopback, ops_problem
+from codec import encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
 
 log = logging.getLogger("api")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # A host name: it may resolve to anything.
 
 
 def authentication_problem(settings: Settings) -> str | None:
@@ -63,14 +61,72 @@ def catalog_line(settings: Settings) -> str:
     return f"catalog: {count} SKUs in {where}"
 
 
+def ops_line(settings: Settings, access: OpsAccess) -> str:
+    """Where the ops listener listens, and who may call it."""
+    where = f"http://{settings.ops_host}:{settings.ops_port}"
+    surfaces = "/metrics, /docs, /openapi.json, /codec/{decode,encode}, /healthz"
+    line = f"ops listener on {where} ({surfaces}): {access.summary()}"
+    if not settings.ops_token and access.jwt_verifier is None:
+        reach = (
+            "this machine only"
+            if is_loopback(settings.ops_host)
+            else "anything that reaches that address"
+        )
+        line += f"; only where it listens protects it ({reach}): set OPS_TOKEN, CODEC_JWKS_URL"
+    return line
+
+
+class Listener(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT/SIGTERM to `serve`: each of two servers capturing them
+    would pass the signal to the other only after its own shutdown, then re-raise it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Capture nothing."""
+        yield
+
+
+async def serve(servers: list[Listener]) -> list[Listener]:
+    """Serve until SIGINT/SIGTERM (a second SIGINT: at once), or until one server stops, which
+    stops the others; the servers that could not start (e.g. their port taken)."""
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: signal.Signals) -> None:
+        for server in servers:
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    async def run(server: Listener) -> bool:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's word for "could not start"; it logged why.
+            return False
+        return True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    tasks = [asyncio.create_task(run(server)) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    started = await asyncio.gather(*tasks)
+    return [server for server, ok in zip(servers, started, strict=True) if not ok]
+
+
 def main() -> None:
-    """Serve until interrupted; refuse to start with authentication half on or off in public."""
+    """Serve until interrupted; refuse to start with authentication half on or off in public,
+    or without the payload key that REQUIRE_PAYLOAD_ENCRYPTION asks for."""
     configure_logging()
     try:
         settings = get_settings()
     except ValidationError as err:
         sys.exit(f"the API cannot start: {err.errors()[0]['msg'].removeprefix('Value error, ')}")
-    problem = authentication_problem(settings)
+    problem = (
+        authentication_problem(settings)
+        or encryption_problem(settings.encryption_key, settings.require_payload_encryption)
+        or ops_problem(settings)
+    )
     if problem:
         sys.exit(f"the API cannot start: {problem}")
     log.info(
@@ -79,17 +135,36 @@ def main() -> None:
         if settings.seller_auth_enabled
         else "OFF: /pvt calls are not checked (set SELLER_APP_KEY and SELLER_APP_TOKEN)",
     )
+    (log.info if settings.encryption_key else log.warning)(
+        "%s", encryption_line(settings.encryption_key)
+    )
+    api = create_app(settings, freeze_gc=True)
+    ops = create_ops_app(api)
+    access: OpsAccess = ops.state.ops_access
+    open_ops = not settings.ops_token and access.jwt_verifier is None
+    (log.warning if open_ops else log.info)("%s", ops_line(settings, access))
     line = catalog_line(settings)
     # Loud when it will refuse every SKU.
     (log.warning if line.startswith("catalog: EMPTY") else log.info)("%s", line)
-    # uvicorn takes httptools and uvloop (dependencies) when they are installed: "auto".
-    uvicorn.run(
-        create_app(settings, freeze_gc=True),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,  # keep the format configure_logging set
-        timeout_graceful_shutdown=5,
-    )
+    configs = [
+        # uvicorn takes httptools and uvloop (dependencies) when they are installed: "auto".
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,  # keep the format configure_logging set
+            timeout_graceful_shutdown=5,
+        )
+        for app, host, port in (
+            (api, settings.api_host, settings.api_port),
+            (ops, settings.ops_host, settings.ops_port),
+        )
+    ]
+    with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
+        failed = runner.run(serve([Listener(config) for config in configs]))
+    if failed:
+        where = ", ".join(f"{s.config.host}:{s.config.port}" for s in failed)
+        sys.exit(f"the API stopped: it could not listen on {where} (see above)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The FastAPI app: the External Seller endpoints as VTEX calls them."""
+"""The FastAPI app: the External Seller endpoints as VTEX calls them, and `/healthz`: nothing else
+on the port VTEX reaches. Metrics, docs and the codec are the ops listener's (api/ops.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.models import OrderPlacement, RequestOrderId
-from api.routes import codec, health, orders, simulation
+from api.routes import health, orders, simulation
 from api.simulation import FulfillmentSimulation
 from codec import data_converter
 from config import Settings, get_settings
@@ -55,6 +55,10 @@ def create_app(
         summary="Order placement, dispatching and cancellation on durable Temporal workflows.",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by the ops listener (api/ops.py), from `app.openapi()`.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.client = client
@@ -64,17 +68,7 @@ def create_app(
     app.include_router(orders.router)
     app.include_router(simulation.router)
     app.include_router(health.router)
-    app.include_router(codec.router)
     install_metrics(app)
-    if settings.temporal_ui_url:
-        # The Temporal UI calls the codec routes from the browser, from its own origin.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=[settings.temporal_ui_url.rstrip("/")],
-            allow_methods=["POST"],
-            allow_headers=["content-type", "x-namespace", "authorization"],
-            allow_credentials=True,
-        )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

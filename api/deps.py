@@ -1,4 +1,5 @@
-"""What route handlers receive: the settings, the one Temporal client, the caller's credentials.
+"""What route handlers receive: the settings, the one Temporal client, the caller's credentials
+(VTEX's on the VTEX-facing port; the ops listener's on the other, api/ops_auth.py).
 
 Every dependency is `async def`, even with nothing to await: FastAPI runs a plain `def` one in
 a thread, a hop per dependency per request."""
@@ -12,7 +13,8 @@ from fastapi import Depends, Header, Request
 from temporalio.client import Client
 
 from activities.catalog import Catalog
-from api.errors import ApiError
+from api.errors import ApiError, unavailable
+from api.ops_auth import OpsAccess
 from config import Settings
 
 
@@ -23,8 +25,11 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_client(request: Request) -> Client:
-    """The process's one Temporal client, created in the app's lifespan."""
-    client: Client = request.app.state.client
+    """The process's one Temporal client, created in the app's lifespan (the VTEX-facing app's:
+    the ops app shares its state)."""
+    client: Client | None = request.app.state.client
+    if client is None:  # The ops listener can answer before the other app's lifespan ran.
+        raise unavailable("starting: not connected to Temporal yet")
     return client
 
 
@@ -57,3 +62,26 @@ async def require_vtex_credentials(
         raise ApiError(
             401, "Unauthorized", "missing or wrong X-VTEX-API-AppKey / X-VTEX-API-AppToken"
         )
+
+
+async def get_ops_access(request: Request) -> OpsAccess:
+    """The ops listener's credentials (set by create_ops_app)."""
+    access: OpsAccess = request.app.state.ops_access
+    return access
+
+
+OpsAccessDep = Annotated[OpsAccess, Depends(get_ops_access)]
+
+
+async def require_ops_token(
+    access: OpsAccessDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """`Authorization: Bearer <OPS_TOKEN>`, when OPS_TOKEN is set (api/ops_auth.py, rule 3)."""
+    access.check_ops_token(authorization)
+
+
+async def require_codec_caller(
+    access: OpsAccessDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """OPS_TOKEN or a JWT of CODEC_JWKS_URL, when either is set (api/ops_auth.py, rule 2)."""
+    await access.check_codec_caller(authorization)

@@ -1,11 +1,12 @@
 """The API's Prometheus metrics (prometheus-client): requests by route and status, and their
-latency, served at `GET /metrics`."""
+latency, counted on the VTEX-facing app and served at `GET /metrics` on the ops listener (one
+process, one registry)."""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,9 +49,14 @@ class Measured:
 
 
 def install_metrics(app: FastAPI) -> None:
-    """Measure every request, and serve `GET /metrics`."""
+    """Measure every request the app answers."""
     app.add_middleware(Measured)
 
-    @app.get("/metrics", tags=["Operations"], include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+router = APIRouter(tags=["Operations"], include_in_schema=False)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Every metric of this process, in Prometheus's text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

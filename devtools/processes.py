@@ -227,10 +227,11 @@ class ProcessStack:
         (
             self.temporal_port,
             self.api_port,
+            self.ops_port,
             self.marketplace_port,
             temporal_http_port,
             temporal_metrics_port,
-        ) = free_ports(5)
+        ) = free_ports(6)
         self.task_queue = f"orders-{self.temporal_port}"
         self.warehouse_db = self.workdir / "warehouse.db"
         # What a SimulatedWarehouse of the test opens to see the workers' stock.
@@ -293,7 +294,13 @@ class ProcessStack:
         self.api = Process(
             "api",
             [python, "-m", "api"],
-            self.env | {"API_PORT": str(self.api_port), "DATA_DIR": str(self.workdir / "api")},
+            self.env
+            | {
+                "API_PORT": str(self.api_port),
+                "OPS_HOST": HOST,
+                "OPS_PORT": str(self.ops_port),
+                "DATA_DIR": str(self.workdir / "api"),
+            },
             self.workdir / "api.log",
             port=self.api_port,
             health_url=f"{self.api_url}/healthz",
@@ -375,6 +382,11 @@ class ProcessStack:
     def api_url(self) -> str:
         """The seller API's base URL."""
         return f"http://{HOST}:{self.api_port}"
+
+    @property
+    def ops_url(self) -> str:
+        """The API's ops listener's base URL (/metrics, /docs, the codec)."""
+        return f"http://{HOST}:{self.ops_port}"
 
     @property
     def marketplace_url(self) -> str:

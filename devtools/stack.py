@@ -1,5 +1,5 @@
-"""The service in one event loop: a fake marketplace, a worker and the API on loopback, for the
-tests and the benchmark."""
+"""The service in one event loop: a fake marketplace, a worker and the API (its VTEX-facing app
+and its ops listener) on loopback, for the tests and the benchmark."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from temporalio.client import Client
 
 from api.app import create_app
+from api.ops import create_ops_app
 from config import Settings
 from devtools.fake_marketplace import RunningFakeMarketplace, serve_fake_marketplace
 from devtools.serving import serve_asgi
@@ -22,6 +23,8 @@ class LocalStack:
     """Where the running pieces are."""
 
     api_url: str
+    # The ops listener: /metrics, /docs, /openapi.json, the codec (api/ops.py).
+    ops_url: str
     marketplace: RunningFakeMarketplace
 
 
@@ -41,8 +44,9 @@ async def local_stack(client: Client, settings: Settings) -> AsyncIterator[Local
         worker = asyncio.create_task(run_worker(settings, client, stop, ready))
         try:
             await asyncio.wait_for(ready.wait(), 30)
-            async with serve_asgi(create_app(settings, client=client)) as api_url:
-                yield LocalStack(api_url=api_url, marketplace=marketplace)
+            api = create_app(settings, client=client)
+            async with serve_asgi(api) as api_url, serve_asgi(create_ops_app(api)) as ops_url:
+                yield LocalStack(api_url=api_url, ops_url=ops_url, marketplace=marketplace)
         finally:
             stop.set()
             await worker

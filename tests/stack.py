@@ -73,6 +73,8 @@ class Stack:
     settings: Settings
     client: Client
     http: httpx.AsyncClient
+    # The ops listener (metrics, docs, the codec).
+    ops: httpx.AsyncClient
     marketplace_url: str
     marketplace: FakeMarketplaceState
     warehouse: SimulatedWarehouse
@@ -159,11 +161,13 @@ async def running_stack(
     async with (
         local_stack(client, settings) as local,
         httpx.AsyncClient(base_url=local.api_url, timeout=30) as http,
+        httpx.AsyncClient(base_url=local.ops_url, timeout=30) as ops,
     ):
         yield Stack(
             settings=settings,
             client=client,
             http=http,
+            ops=ops,
             marketplace_url=local.marketplace.url,
             marketplace=local.marketplace.state,
             warehouse=SimulatedWarehouse.from_settings(settings),

@@ -331,7 +331,7 @@ async def test_unknown_route_and_method_are_json_errors(stack: Stack) -> None:
 
 
 async def test_openapi_documents_the_vtex_bodies(stack: Stack) -> None:
-    schema = (await stack.http.get("/openapi.json")).json()
+    schema = (await stack.ops.get("/openapi.json")).json()
 
     placement = schema["paths"]["/pvt/orders"]["post"]["requestBody"]
     assert placement["content"]["application/json"]["schema"]["$ref"].endswith("/OrderPlacement")

@@ -1,7 +1,8 @@
 """Hostile input, by fuzzing: Schemathesis drives every endpoint from the service's own
-`/openapi.json` and from VTEX's `vtex-external-seller-fulfillment.openapi.json`, with and without
-the seller's credentials, against the real stack. No answer may be a 5xx, every 4xx has the JSON
-error shape (tests/fuzz_checks.py), and no order's workflow task may fail on what was accepted.
+`/openapi.json` (served by the ops listener, describing the VTEX-facing port) and from VTEX's
+`vtex-external-seller-fulfillment.openapi.json`, with and without the seller's credentials,
+against the real stack. No answer may be a 5xx, every 4xx has the JSON error shape
+(tests/fuzz_checks.py), and no order's workflow task may fail on what was accepted.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ async def test_fuzzed_requests_get_no_5xx_and_every_4xx_in_the_json_shape(
     ) as stack:
         base_url = str(stack.http.base_url).rstrip("/")
         schema = (
-            f"{base_url}/openapi.json"
+            f"{str(stack.ops.base_url).rstrip('/')}/openapi.json"
             if spec == "own"
             else str(CONTRACT_DIR / "vtex-external-seller-fulfillment.openapi.json")
         )

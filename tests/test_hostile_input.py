@@ -37,7 +37,8 @@ CODEC_PATHS = ("/codec/decode", "/codec/encode")
 async def stack(
     temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    """One stack for the module, its payloads encrypted (the codec routes answer only then)."""
+    """One stack for the module, its payloads encrypted (the codec routes, on its ops listener,
+    answer only then)."""
     client = await Client.connect(
         temporal_env.client.service_client.config.target_host, data_converter=data_converter(KEY)
     )
@@ -47,10 +48,11 @@ async def stack(
         yield running
 
 
-async def post_raw(stack: Stack, path: str, body: Any) -> httpx.Response:
-    """POST `body` as JSON with non-ASCII escaped (`\\ud800` stays an escape), or as bytes."""
+async def post_raw(http: httpx.AsyncClient, path: str, body: Any) -> httpx.Response:
+    """POST `body` as JSON with non-ASCII escaped (`\\ud800` stays an escape), or as bytes, to the
+    API's VTEX-facing port (`stack.http`) or its ops listener (`stack.ops`, the codec)."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return await stack.http.post(path, content=content, headers=JSON)
+    return await http.post(path, content=content, headers=JSON)
 
 
 async def placed(stack: Stack) -> str:
@@ -184,7 +186,7 @@ async def test_2_a_lone_surrogate_in_a_cancellation_reason_is_a_400(stack: Stack
     order_id = await placed(stack)
     body = {"marketplaceOrderId": order_id, "reason": "changed my mind \ud800"}
 
-    response = await post_raw(stack, f"/pvt/orders/SLR-{order_id}/cancel", body)
+    response = await post_raw(stack.http, f"/pvt/orders/SLR-{order_id}/cancel", body)
 
     assert_error(response, 400, "MalformedJson")
     await assert_untouched(stack, order_id)
@@ -201,7 +203,7 @@ async def test_2_a_lone_surrogate_in_a_placement_is_a_400_and_starts_nothing(
     else:
         body["shippingData"]["address"] = _address(**{"note\udc00": "x"})
 
-    response = await post_raw(stack, "/pvt/orders", body)
+    response = await post_raw(stack.http, "/pvt/orders", body)
 
     assert_error(response, 400, "MalformedJson")
     await assert_not_started(stack, order_id)
@@ -212,7 +214,7 @@ async def test_2_a_surrogate_pair_is_text_and_accepted(stack: Stack) -> None:
     body = placement_example(order_id, stack.endpoint)
     body["clientProfileData"]["firstName"] = "Ana \U0001f600"  # sent as \ud83d\ude00
 
-    response = await post_raw(stack, "/pvt/orders", body)
+    response = await post_raw(stack.http, "/pvt/orders", body)
 
     assert response.status_code == 200, response.text
     assert response.json()["clientProfileData"]["firstName"] == "Ana \U0001f600"
@@ -225,7 +227,7 @@ async def test_2_a_surrogate_pair_is_text_and_accepted(stack: Stack) -> None:
 async def test_3_an_integer_of_5000_digits_is_a_400(stack: Stack, path: str) -> None:
     body = b'{"marketplaceOrderId": ' + b"1" * 5000 + b"}"
 
-    assert_error(await post_raw(stack, path, body), 400, "MalformedJson")
+    assert_error(await post_raw(stack.http, path, body), 400, "MalformedJson")
 
 
 @pytest.mark.parametrize("number", ["1e999", "-1e999", "NaN", "Infinity"])
@@ -239,7 +241,7 @@ async def test_3_a_number_beyond_a_float_or_not_json_is_a_400_and_starts_nothing
     body["shippingData"]["logisticsInfo"][0]["deliveryWindow"] = {"listPrice": 0.5}
     raw = json.dumps(body).replace('"listPrice": 0.5', f'"listPrice": {number}').encode()
 
-    assert_error(await post_raw(stack, "/pvt/orders", raw), 400, "MalformedJson")
+    assert_error(await post_raw(stack.http, "/pvt/orders", raw), 400, "MalformedJson")
     await assert_not_started(stack, order_id)
 
 
@@ -326,7 +328,7 @@ async def test_5_a_payload_that_does_not_decrypt_is_a_400(stack: Stack) -> None:
         "data": _b64(os.urandom(64)),
     }
 
-    response = await post_raw(stack, "/codec/decode", {"payloads": [forged]})
+    response = await post_raw(stack.ops, "/codec/decode", {"payloads": [forged]})
 
     assert_error(response, 400, "InvalidRequest")
 
@@ -347,14 +349,14 @@ async def test_5_a_payload_that_does_not_decrypt_is_a_400(stack: Stack) -> None:
 async def test_5_a_codec_body_that_is_not_payloads_is_a_400(
     stack: Stack, path: str, body: bytes, code: str
 ) -> None:
-    assert_error(await post_raw(stack, path, body), 400, code)
+    assert_error(await post_raw(stack.ops, path, body), 400, code)
 
 
 @pytest.mark.parametrize("path", CODEC_PATHS)
 async def test_5_a_codec_body_over_8_mib_is_a_413(stack: Stack, path: str) -> None:
     plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b"1" * 6_500_000)}
 
-    response = await post_raw(stack, path, {"payloads": [plain]})
+    response = await post_raw(stack.ops, path, {"payloads": [plain]})
 
     assert_error(response, 413, "PayloadTooLarge")
 
@@ -363,7 +365,7 @@ async def test_5_the_codec_takes_a_payload_of_temporal_s_2_mb(stack: Stack) -> N
     # Bigger than an order body may be, as an order's history payloads can be.
     plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b"1" * 2_000_000)}
 
-    response = await post_raw(stack, "/codec/encode", {"payloads": [plain]})
+    response = await post_raw(stack.ops, "/codec/encode", {"payloads": [plain]})
 
     assert response.status_code == 200, response.text[:200]
 
@@ -371,9 +373,9 @@ async def test_5_the_codec_takes_a_payload_of_temporal_s_2_mb(stack: Stack) -> N
 async def test_5_the_codec_still_encodes_and_decodes(stack: Stack) -> None:
     plain = {"metadata": {"encoding": _b64(b"json/plain")}, "data": _b64(b'{"street": "Rua"}')}
 
-    encoded = await post_raw(stack, "/codec/encode", {"payloads": [plain]})
+    encoded = await post_raw(stack.ops, "/codec/encode", {"payloads": [plain]})
     assert encoded.status_code == 200, encoded.text
-    decoded = await post_raw(stack, "/codec/decode", encoded.json())
+    decoded = await post_raw(stack.ops, "/codec/decode", encoded.json())
 
     assert decoded.status_code == 200, decoded.text
     assert decoded.json() == {"payloads": [plain]}

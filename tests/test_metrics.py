@@ -1,5 +1,6 @@
-"""Metrics a Prometheus scrapes: the API's (prometheus-client) and a worker's (the Temporal SDK's
-exporter, with the orders' own counters), on real processes; the counters move."""
+"""Metrics a Prometheus scrapes: the API's (prometheus-client, on its ops listener) and a worker's
+(the Temporal SDK's exporter, with the orders' own counters), on real processes; the counters
+move."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ async def test_the_counters_move(tmp_path: Path) -> None:
         assert canceling.status_code == 200
         await until(http, invoiced, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
 
-        api = (await http.get("/metrics")).text
         async with httpx.AsyncClient() as scraper:
+            api = (await scraper.get(f"{stack.ops_url}/metrics")).text
             worker = (await scraper.get(f"http://127.0.0.1:{port}/metrics")).text
 
     assert value(api, r'seller_api_requests_total\{.*route="/pvt/orders".*status="200"') >= 2

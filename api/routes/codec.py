@@ -1,9 +1,10 @@
 """The codec server: the Temporal UI sends payloads here to show them decrypted.
 
 `POST /codec/decode` and `/codec/encode` take and answer Temporal's `Payloads` as JSON, as the
-UI's "Codec Server" setting expects; `make run` starts the UI pointed at them. They answer only when
-PAYLOAD_ENCRYPTION_KEY is set, to the UI's origin (CORS), and behind the same credentials check as
-the order endpoints.
+UI's "Codec Server" setting expects; `make run` starts the UI pointed at them. They are served on
+the ops listener only (api/ops.py), never on the port VTEX calls: they answer only when
+PAYLOAD_ENCRYPTION_KEY is set, to the UI's origin (CORS), and to the callers api/ops_auth.py
+lets in (OPS_TOKEN, the UI's OIDC token); VTEX's credentials do not open them.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payloads
 
-from api.deps import SettingsDep, require_vtex_credentials
+from api.deps import SettingsDep, require_codec_caller
 from api.errors import ApiError, read_json
 from codec import EncryptionCodec
 
 router = APIRouter(
-    prefix="/codec", tags=["Operations"], dependencies=[Depends(require_vtex_credentials)]
+    prefix="/codec", tags=["Operations"], dependencies=[Depends(require_codec_caller)]
 )
 
 
