@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # TEMPORAL_CODEC_PASS_ACCESS_TOKEN=true) signed by a key of this JWKS, for this audience
     # (required with it) and, when set, from this issuer.
     codec_jwks_url: str = ""
+    # True: the codec routes answer without a token even when OPS_TOKEN is set, so that a
+    # Temporal UI without a login (which can send no token) shows orders decoded; then only where
+    # the ops listener listens guards the codec (docker-compose.yml: the host's loopback). Ignored
+    # when CODEC_JWKS_URL is set.
+    codec_open: bool = False
     codec_jwt_audience: str = ""
     codec_jwt_issuer: str = ""
     # The browser origins (scheme://host:port, comma-separated) whose pages may call the codec

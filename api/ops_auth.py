@@ -6,8 +6,9 @@ The rules, first match wins:
 2. `/codec/*`: `Authorization: Bearer <OPS_TOKEN>` when OPS_TOKEN is set (the `temporal` CLI's
    `--codec-auth`); else, when CODEC_JWKS_URL is set, a bearer JWT signed by a key of that JWKS,
    unexpired, for CODEC_JWT_AUDIENCE and (when set) from CODEC_JWT_ISSUER (the Temporal UI's
-   OIDC access token); else, when either is set, 401; else open: only where the ops listener
-   listens protects it, and `python -m api` says so at start.
+   OIDC access token); else, when OPS_TOKEN is set and CODEC_OPEN is not, 401; else open: only
+   where the ops listener listens protects it, and `python -m api` says so at start. CODEC_OPEN
+   is for a Temporal UI without a login, which can send no token (docker-compose.yml).
 3. Every other route (`/metrics`, `/docs`, `/openapi.json`): `Bearer <OPS_TOKEN>` when OPS_TOKEN
    is set, else open. A JWT does not open these.
 """
@@ -101,6 +102,7 @@ class OpsAccess:
 
     ops_token: str = ""
     jwt_verifier: JwtVerifier | None = None
+    codec_open: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpsAccess:
@@ -110,7 +112,7 @@ class OpsAccess:
             verifier = JwtVerifier(
                 settings.codec_jwks_url, settings.codec_jwt_audience, settings.codec_jwt_issuer
             )
-        return cls(settings.ops_token, verifier)
+        return cls(settings.ops_token, verifier, settings.codec_open and verifier is None)
 
     def _is_ops_token(self, token: str | None) -> bool:
         return (
@@ -134,7 +136,7 @@ class OpsAccess:
                 raise unauthorized("send Authorization: Bearer <an access token of the UI's IdP>")
             await self.jwt_verifier.check(token)
             return
-        if self.ops_token:
+        if self.ops_token and not self.codec_open:
             raise unauthorized("send Authorization: Bearer <OPS_TOKEN>")
 
     def summary(self) -> str:
@@ -142,6 +144,8 @@ class OpsAccess:
         if not self.ops_token and self.jwt_verifier is None:
             return "NO authentication: whoever reaches it reads the metrics and decodes payloads"
         ops = "OPS_TOKEN required (but /healthz)" if self.ops_token else "metrics and docs open"
+        if self.codec_open:
+            return f"{ops}; codec: OPEN (CODEC_OPEN): whoever reaches it decodes payloads"
         codec = ["OPS_TOKEN"] if self.ops_token else []
         if self.jwt_verifier is not None:
             codec.append("a JWT from CODEC_JWKS_URL")

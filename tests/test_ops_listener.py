@@ -591,3 +591,25 @@ def test_a_taken_ops_port_stops_the_api_with_its_address(tmp_path: Path) -> None
     assert f"could not listen on {HOST}:{process.env['OPS_PORT']}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not listening(int(process.env["API_PORT"]))
+
+
+async def test_codec_open_lets_a_login_less_ui_decode_while_metrics_keep_the_ops_token(
+    tmp_path: Path,
+) -> None:
+    # docker-compose.yml: OPS_TOKEN guards /metrics, and the Temporal UI, which has no login and
+    # so can send no token, still decodes (the ops port is on the host's loopback only).
+    env = {"PAYLOAD_ENCRYPTION_KEY": PAYLOAD_KEY, "OPS_TOKEN": OPS_TOKEN, "CODEC_OPEN": "true"}
+    api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], env)
+    try:
+        await asyncio.to_thread(api.start)
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{api.port}", timeout=30) as ops:
+            decode = await ops.post("/codec/decode", json=plain_payloads("x"))
+            metrics = await ops.get("/metrics")
+            with_token = await ops.get("/metrics", headers=bearer(OPS_TOKEN))
+    finally:
+        api.terminate()
+
+    assert decode.status_code == 200, decode.text
+    assert_error(metrics, 401, "Unauthorized")
+    assert with_token.status_code == 200
+    assert "codec: OPEN (CODEC_OPEN)" in api.log_tail(100)
