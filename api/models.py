@@ -367,13 +367,38 @@ class ResponseOrderPlacement(VtexModel):
         return handler(shipping)
 
 
+# What `responseOrderPlacement` types in an item's attachment, as strings (VTEX's 2026 file).
+ATTACHMENT_TEXTS = ("id", "name", "url")
+
+
+def _attachment_fits(attachment: Any) -> bool:
+    """Whether an attachment is as `responseOrderPlacement` types it."""
+    return isinstance(attachment, dict) and all(
+        isinstance(attachment[key], str) for key in ATTACHMENT_TEXTS if key in attachment
+    )
+
+
 def _echoed_item(item: PlacementItem) -> PlacementItem:
     """The item as `responseOrderPlacement` types it.
 
     Its unitMultiplier and a price tag's rawValue are integers there; a decimal one (accepted, as
     VTEX's orders carry them) is left out of the answer rather than rounded to another value.
+    Its attachments are objects whose id, name and url are strings: an attachment that is no
+    object, or such a field that is no string (null, a number), is left out the same way. They
+    are still accepted as sent: fulfillment does not use them, and a retry of an order placed
+    before must still parse to the fingerprint it was placed with.
     """
     changes: dict[str, Any] = {}
+    if item.attachments and not all(_attachment_fits(a) for a in item.attachments):
+        changes["attachments"] = [
+            {
+                key: value
+                for key, value in attachment.items()
+                if key not in ATTACHMENT_TEXTS or isinstance(value, str)
+            }
+            for attachment in item.attachments
+            if isinstance(attachment, dict)
+        ]
     if isinstance(item.unit_multiplier, float):
         changes["unit_multiplier"] = None
     if item.price_tags and any(isinstance(tag.raw_value, float) for tag in item.price_tags):
