@@ -6,10 +6,12 @@ it is refused and the fulfillment simulation answers it unavailable. With `DEFAU
 demos and black-box tests), an unseen SKU is sold instead, starting with that stock at
 DEFAULT_PRICE_CENTS.
 
-Loaded from a CSV or JSON file, upserted, and what changed reported:
+Loaded from a CSV or JSON file, upserted, and what changed reported; SKUs taken off it (e.g. a
+sample catalog loaded by mistake into a production warehouse):
 
     python -m activities.catalog load catalog/sample.csv
     python -m activities.catalog show [SKU ...]
+    python -m activities.catalog delist SKU [SKU ...]
 
 A file's columns (CSV header) or keys (JSON array of objects): `sku`, `name`, `price` and
 `listPrice` in cents (`listPrice` defaults to `price`), `stock` (units available to sell: a load
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from activities import warehouse_store as store
@@ -96,6 +98,32 @@ class LoadReport:
             f"  stock    {sku}: {before} -> {after} available"
             for sku, (before, after) in self.stock_moved.items()
         ]
+        return out
+
+
+@dataclass
+class DelistReport:
+    """What a delisting changed."""
+
+    delisted: list[str] = field(default_factory=list)
+    # Named, but not in the catalog (never listed, or delisted before): nothing to do.
+    not_listed: list[str] = field(default_factory=list)
+    # SKU -> the available units written off with it.
+    written_off: dict[str, int] = field(default_factory=dict)
+    # SKU -> the units orders already placed hold, which stay theirs.
+    reserved: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The report as a person reads it."""
+        out = [f"{len(self.delisted)} delisted, {len(self.not_listed)} not listed"]
+        for sku in self.delisted:
+            parts = []
+            if sku in self.written_off:
+                parts.append(f"{self.written_off[sku]} available written off")
+            if sku in self.reserved:
+                parts.append(f"{self.reserved[sku]} reserved by orders in flight, left to them")
+            out.append(f"  delisted    {sku}" + (f": {', '.join(parts)}" if parts else ""))
+        out += [f"  not listed  {sku}" for sku in self.not_listed]
         return out
 
 
@@ -217,6 +245,58 @@ class Catalog:
         )
         report.stock_moved[entry.sku] = (before, entry.stock)
 
+    def delist(self, skus: list[str]) -> DelistReport:
+        """Take these SKUs off the catalog and write off their available stock, in one
+        transaction.
+
+        A delisted SKU is unknown from then on, as if never loaded: its placement is refused, the
+        simulation answers it unavailable, and the marketplace is told to read its price and
+        stock again (the outbox, as for a SKU a load adds). Its available units are written off
+        through the ledger, so that nothing sells them (with DEFAULT_STOCK, an unlisted SKU that
+        has a stock row is sold from it). Units that orders already placed hold stay reserved:
+        those orders ship or release them as before (released, they are available again, unsold
+        while the SKU is unlisted, and set by the next load that lists it). A SKU the catalog
+        does not list is reported and left alone, so the same command can run again.
+        """
+        report = DelistReport()
+        with store.engine_for(self.url).begin() as connection:
+            at = _now()
+            # By SKU, the catalog row then the stock row, as a load locks them.
+            for sku in sorted(set(skus)):
+                removed = connection.execute(
+                    delete(catalog).where(catalog.c.sku == sku).returning(catalog.c.sku)
+                ).first()
+                if removed is None:
+                    report.not_listed.append(sku)
+                    continue
+                report.delisted.append(sku)
+                level = connection.execute(
+                    select(stock.c.available, stock.c.reserved)
+                    .where(stock.c.sku == sku)
+                    .with_for_update()
+                ).first()
+                if level is None:
+                    continue
+                if level.reserved:
+                    report.reserved[sku] = level.reserved
+                if level.available:
+                    connection.execute(update(stock).where(stock.c.sku == sku).values(available=0))
+                    connection.execute(
+                        ledger.insert().values(
+                            at=at,
+                            order_id=None,
+                            sku=sku,
+                            movement="writeoff",
+                            quantity=level.available,
+                        )
+                    )
+                    report.written_off[sku] = level.available
+            for sku, kind in sorted(
+                (sku, kind) for sku in report.delisted for kind in store.CHANGE_KINDS
+            ):
+                store.record_change(connection, sku, kind, at)
+        return report
+
     def count(self) -> int:
         """How many SKUs the catalog lists."""
         with store.engine_for(self.url).connect() as connection:
@@ -305,7 +385,8 @@ def _read(engine: Engine, sql: str, skus: list[str]) -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`load FILE` or `show [SKU ...]`, against the warehouse the environment names."""
+    """`load FILE`, `show [SKU ...]` or `delist SKU [SKU ...]`, against the warehouse the
+    environment names."""
     from config import get_settings  # the CLI's settings; the module itself takes them as given
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -317,8 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     show = commands.add_parser("show", help="print the catalog (or these SKUs) with their stock")
     show.add_argument("skus", nargs="*")
+    delist = commands.add_parser(
+        "delist", help="take SKUs off the catalog, writing off their available stock"
+    )
+    delist.add_argument("skus", nargs="+", metavar="SKU")
     args = parser.parse_args(argv)
     target = Catalog.from_settings(get_settings())
+    if args.command == "delist":
+        print("catalog: " + "\n".join(target.delist(args.skus).lines()))
+        return 0
     if args.command == "load":
         if args.if_empty and _all_skus(target):
             print("catalog: already loaded, left as it is")

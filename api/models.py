@@ -367,13 +367,38 @@ class ResponseOrderPlacement(VtexModel):
         return handler(shipping)
 
 
+# What `responseOrderPlacement` types in an item's attachment, as strings (VTEX's 2026 file).
+ATTACHMENT_TEXTS = ("id", "name", "url")
+
+
+def _attachment_fits(attachment: Any) -> bool:
+    """Whether an attachment is as `responseOrderPlacement` types it."""
+    return isinstance(attachment, dict) and all(
+        isinstance(attachment[key], str) for key in ATTACHMENT_TEXTS if key in attachment
+    )
+
+
 def _echoed_item(item: PlacementItem) -> PlacementItem:
     """The item as `responseOrderPlacement` types it.
 
     Its unitMultiplier and a price tag's rawValue are integers there; a decimal one (accepted, as
     VTEX's orders carry them) is left out of the answer rather than rounded to another value.
+    Its attachments are objects whose id, name and url are strings: an attachment that is no
+    object, or such a field that is no string (null, a number), is left out the same way. They
+    are still accepted as sent: fulfillment does not use them, and a retry of an order placed
+    before must still parse to the fingerprint it was placed with.
     """
     changes: dict[str, Any] = {}
+    if item.attachments and not all(_attachment_fits(a) for a in item.attachments):
+        changes["attachments"] = [
+            {
+                key: value
+                for key, value in attachment.items()
+                if key not in ATTACHMENT_TEXTS or isinstance(value, str)
+            }
+            for attachment in item.attachments
+            if isinstance(attachment, dict)
+        ]
     if isinstance(item.unit_multiplier, float):
         changes["unit_multiplier"] = None
     if item.price_tags and any(isinstance(tag.raw_value, float) for tag in item.price_tags):
@@ -384,18 +409,55 @@ def _echoed_item(item: PlacementItem) -> PlacementItem:
     return item.model_copy(update=changes) if changes else item
 
 
+class Payment(VtexModel):
+    """A payment of `requestOrderId.paymentData`: read, never kept (the marketplace takes them)."""
+
+    payment_system: ShortText | None = None
+    payment_system_name: ShortText | None = None
+    # In cents.
+    value: SafeInt | None = None
+    installments: SafeInt | None = None
+    reference_value: SafeInt | None = None
+    # creditCard, debitCard, bankInvoice, promissory, giftCard, instantPayment: not checked
+    # against that list, which VTEX extends; no call is refused for a payment's kind.
+    group: ShortText | None = None
+
+
+class PaymentData(VtexModel):
+    """`requestOrderId.paymentData`."""
+
+    payments: list[Payment] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
+    # The payment provider's answer, whose fields "can vary according to the provider" (VTEX's
+    # file): taken as sent, bounded by the body's size and depth, and never kept.
+    connector_responses: dict[str, Any] | None = None
+
+
+# An id or a date that the order keeps and that its log lines print: short, and printable (a
+# line break in it would forge a log line).
+PrintableText = Annotated[str, Field(max_length=MAX_SHORT_TEXT, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
 class RequestOrderId(VtexModel):
     """`requestOrderId`: the body of dispatch and cancellation.
 
-    Marketplaces may add `reason`, `cancellationRequestId` and `requestedByUser` to a
-    cancellation; the order keeps them.
+    VTEX's 2026 file lists the cancellation's fields (`cancellationRequestId`,
+    `cancellationRequestDate`, `marketplaceOrderGroup`, `reason`, `requestedByUser`) as required,
+    and adds `paymentData`, in the one schema of both calls. A cancellation carries them; a
+    dispatch, and VTEX's older senders, may send `marketplaceOrderId` alone: every other field is
+    optional here. A cancellation's request id and date, reason and requester stay with the order;
+    a dispatch keeps none of them.
     """
 
     marketplace_order_id: OrderIdText
+    marketplace_order_group: ShortText | None = None
+    cancellation_request_id: PrintableText | None = None
+    # VTEX's format, `2024-03-04T15:45:02.1306363+00:00`, kept as sent: no cancellation is
+    # refused over how its date is written.
+    cancellation_request_date: PrintableText | None = None
     reason: Text | None = None
-    cancellation_request_id: ShortText | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
+    payment_data: PaymentData | None = None
 
     @field_validator("requested_by_user")
     @classmethod

@@ -215,6 +215,7 @@ async def cancel_order(
         received_at=received_at,
         reason=body.reason,
         cancellation_request_id=body.cancellation_request_id,
+        cancellation_request_date=body.cancellation_request_date,
         requested_by_user=body.requested_by_user,
     )
 

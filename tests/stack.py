@@ -61,6 +61,17 @@ def placement_example(marketplace_order_id: str, endpoint: str, **changes: Any) 
     return body
 
 
+def request_example(call: str, marketplace_order_id: str) -> dict[str, Any]:
+    """The spec's own `requestOrderId` example of `fulfill` or `cancel`, naming this order."""
+    paths = fulfillment_spec()["paths"]
+    (path,) = [path for path in paths if path.endswith(f"}}/{call}")]
+    content = paths[path]["post"]["requestBody"]["content"]["application/json"]
+    assert content["schema"]["$ref"].endswith("/requestOrderId")
+    body: dict[str, Any] = copy.deepcopy(content["example"])
+    body["marketplaceOrderId"] = marketplace_order_id
+    return body
+
+
 def new_order_id() -> str:
     """A marketplaceOrderId no other test uses."""
     return f"T{uuid.uuid4().hex[:12]}-01"

@@ -27,9 +27,11 @@ from tests.stack import (
     fulfillment_spec,
     new_order_id,
     placement_example,
+    request_example,
     running_stack,
 )
 from worker import run_worker
+from workflows.order import OrderWorkflow
 
 VTEX_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -217,6 +219,28 @@ async def test_dispatch_answers_the_seed_fields(stack: Stack) -> None:
     assert order["dispatch"] == answer
 
 
+async def test_dispatch_of_the_spec_example_as_is(stack: Stack) -> None:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    # VTEX's 2026 body: the cancellation's fields and paymentData, required ones and all.
+    body = request_example("fulfill", order_id)
+    assert_matches_schema(body, "requestOrderId")
+
+    response = await stack.http.post(f"/pvt/orders/SLR-{order_id}/fulfill", json=body)
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert_matches_schema(answer, "repsonseOrderId")
+    order = await stack.wait_for(order_id, lambda o: o["status"] != "placed")
+    assert order["status"] in ("fulfilling", "invoiced")
+    assert order["dispatch"] == answer
+    # The example's cancellation fields do not make the dispatch a cancellation.
+    assert order["cancellation"] is None
+    again = await stack.http.post(f"/pvt/orders/SLR-{order_id}/fulfill", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json() == answer
+
+
 async def test_dispatch_by_marketplace_order_id_in_the_path(stack: Stack) -> None:
     order_id = new_order_id()
     await stack.place(order_id)
@@ -289,6 +313,51 @@ async def test_cancel_confirms_with_the_seed_fields_and_keeps_the_extras(stack: 
     assert cancellation["cancellationRequestId"] == "c-42"
     assert cancellation["requestedByUser"] is True
     assert cancellation["receipt"] == answer
+
+
+async def test_cancel_of_the_spec_example_keeps_its_request_id_and_date(stack: Stack) -> None:
+    order_id = new_order_id()
+    await stack.place(order_id)
+    body = request_example("cancel", order_id)
+    assert_matches_schema(body, "requestOrderId")
+
+    # As VTEX's examples call it: the marketplaceOrderId in the path.
+    response = await stack.http.post(f"/pvt/orders/{order_id}/cancel", json=body)
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert_matches_schema(answer, "repsonseOrderId")
+    order = await stack.order(order_id)
+    assert order["status"] == "canceled"
+    cancellation = order["cancellation"]
+    assert cancellation["cancellationRequestId"] == "85835ab408514b52aa139e4236ce0c33"
+    assert cancellation["cancellationRequestDate"] == "2024-03-04T15:45:02.1306363+00:00"
+    assert (cancellation["reason"], cancellation["requestedByUser"]) == ("Out of stock", True)
+    assert cancellation["receipt"] == answer
+    # The workflow's own state, as its query gives it to the Temporal UI and the CLI.
+    view = await stack.handle(order_id).query(OrderWorkflow.order)
+    assert view.cancellation is not None
+    assert view.cancellation.cancellation_request_id == body["cancellationRequestId"]
+    assert view.cancellation.cancellation_request_date == body["cancellationRequestDate"]
+    # VTEX sends the cancellation twice: the same receipt.
+    again = await stack.http.post(f"/pvt/orders/{order_id}/cancel", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json() == answer
+
+
+async def test_cancel_in_the_older_shape_is_still_taken(stack: Stack) -> None:
+    order_id = new_order_id()
+    await stack.place(order_id)
+
+    response = await stack.http.post(
+        f"/pvt/orders/SLR-{order_id}/cancel", json={"marketplaceOrderId": order_id}
+    )
+
+    assert response.status_code == 200, response.text
+    assert_matches_schema(response.json(), "repsonseOrderId")
+    cancellation = (await stack.order(order_id))["cancellation"]
+    assert cancellation["cancellationRequestId"] is None
+    assert cancellation["cancellationRequestDate"] is None
 
 
 async def test_cancel_of_an_unknown_order_is_404(stack: Stack) -> None:

@@ -1,5 +1,6 @@
-"""The catalog: loaded from a file (upserted, what changed reported, stock set through the ledger),
-on SQLite and PostgreSQL; and placements checked against it on the real stack."""
+"""The catalog: loaded from a file (upserted, what changed reported, stock set through the ledger)
+and SKUs delisted, on SQLite and PostgreSQL; and placements checked against it on the real
+stack."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import warehouse_store as store
 from activities.catalog import Catalog, CatalogEntry, main, read_catalog_file
+from activities.change_notifications import ChangeOutbox
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import OutOfStock, WarehouseOrder
 from tests.stack import new_order_id, placement_example, running_stack
@@ -100,6 +102,48 @@ async def test_a_load_upserts_reports_and_moves_stock_through_the_ledger(
     assert catalog.offers(["A"])["A"].price == 1200
 
 
+async def test_delist_takes_skus_off_writes_off_their_stock_and_notes_the_change(
+    warehouse_store: str | Path,
+) -> None:
+    catalog = Catalog(warehouse_store)
+    outbox = ChangeOutbox(warehouse_store)
+    catalog.load([entry("A", 5), entry("B", 3), entry("C", 1)])
+    outbox.mark_relayed(outbox.pending())
+    warehouse = SimulatedWarehouse(warehouse_store, step_seconds=0)
+    await warehouse.reserve(
+        WarehouseOrder(
+            order_id="o1", marketplace_order_id="m1", lines=[OrderLine(sku="A", quantity=2)]
+        )
+    )
+
+    report = catalog.delist(["B", "A", "nope", "A"])
+
+    assert (report.delisted, report.not_listed) == (["A", "B"], ["nope"])
+    assert (report.written_off, report.reserved) == ({"A": 3, "B": 3}, {"A": 2})
+    assert catalog.offers(["A", "B", "C"]).keys() == {"C"}
+    assert catalog.count() == 1
+    # The stock went through the ledger; the order placed before keeps its 2 units.
+    level = await warehouse.stock_level("A")
+    assert (level.available, level.reserved) == (0, 2)
+    movements = [(e.movement, e.quantity) for e in await warehouse.ledger() if e.sku == "A"]
+    assert movements == [("restock", 5), ("reserve", 2), ("writeoff", 3)]
+    # Nothing is left to sell, even where an unlisted SKU with a stock row is sold from it.
+    assert Catalog(warehouse_store, default_stock=7).offers(["A"])["A"].available == 0
+    # The marketplace reads them again, as it reads a SKU a load adds.
+    pending = {(change.sku, change.kind) for change in outbox.pending()}
+    assert pending == {(sku, kind) for sku in "AB" for kind in ("price", "inventory")}
+    outbox.mark_relayed(outbox.pending())
+    # Again: nothing more to do, nothing noted.
+    again = catalog.delist(["A", "B"])
+    assert (again.delisted, again.not_listed, again.written_off) == ([], ["A", "B"], {})
+    assert outbox.pending() == []
+    # The order placed before still releases its units; a load lists the SKU again.
+    assert await warehouse.release("o1")
+    relisted = catalog.load([entry("A", 4)])
+    assert relisted.added == ["A"]
+    assert catalog.offers(["A"])["A"].available == 4
+
+
 async def test_without_a_default_stock_an_unlisted_sku_cannot_be_reserved(
     warehouse_store: str | Path,
 ) -> None:
@@ -164,7 +208,35 @@ def test_the_command_loads_and_shows(
     assert "catalog not loaded" in out.err
 
 
-async def test_a_placement_of_a_sku_not_in_the_catalog_is_a_409_naming_it(
+def test_the_command_delists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("WAREHOUSE_URL", raising=False)
+    monkeypatch.delenv("WAREHOUSE_DB", raising=False)
+    from config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        # The sample, loaded by mistake, taken off SKU by SKU; the same command again is a no-op.
+        sample = read_catalog_file(REPO / "catalog" / "sample.csv")
+        assert main(["load", str(REPO / "catalog" / "sample.csv")]) == 0
+        skus = [e.sku for e in sample]
+        assert main(["delist", *skus]) == 0
+        assert main(["delist", "2000037"]) == 0
+        with pytest.raises(SystemExit):
+            main(["delist"])  # at least one SKU
+        remaining = Catalog.from_settings(get_settings()).count()
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert remaining == 0
+    assert f"catalog: {len(skus)} delisted, 0 not listed" in out
+    assert "  delisted    2000037: 250 available written off" in out
+    assert "catalog: 0 delisted, 1 not listed\n  not listed  2000037" in out
+
+
+async def test_a_placement_of_a_sku_not_in_the_catalog_or_delisted_is_a_409_naming_it(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     async with running_stack(temporal_env, tmp_path, default_stock=None) as stack:
@@ -197,3 +269,23 @@ async def test_a_placement_of_a_sku_not_in_the_catalog_is_a_409_naming_it(
         again = await stack.http.post("/pvt/orders", json=body)
         assert first.status_code == again.status_code == 200, again.text
         assert again.json() == first.json()
+
+        # Delisted: unknown to a new placement and to the simulation; the order placed before
+        # answers its retry the same, and its cancellation gives its unit back as usual.
+        report = Catalog.from_settings(stack.settings).delist(["known-sku"])
+        assert report.reserved == {"known-sku": 1}
+        later = placement_example(new_order_id(), stack.endpoint)
+        later["items"][0]["id"] = "known-sku"
+        answer = await stack.http.post("/pvt/orders", json=later)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"]["code"] == "UnknownSku"
+        cart = {"items": [{"id": "known-sku", "quantity": 1, "seller": "1"}]}
+        simulated = await stack.http.post("/pvt/orderForms/simulation", json=cart)
+        assert simulated.status_code == 200, simulated.text
+        assert simulated.json()["items"] == []
+        retried = await stack.http.post("/pvt/orders", json=body)
+        assert retried.status_code == 200, retried.text
+        assert retried.json() == first.json()
+        assert (await stack.cancel(placed)).status_code == 200
+        level = await stack.warehouse.stock_level("known-sku")
+        assert (level.available, level.reserved) == (1, 0)

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from codec import data_converter, new_key_entry
-from tests.stack import Stack, new_order_id, placement_example, running_stack
+from tests.stack import Stack, new_order_id, placement_example, request_example, running_stack
 from tests.test_api import assert_error
 from workflows.durations import lock_deadline
 
@@ -112,7 +112,12 @@ async def test_1_a_cancellation_reason_over_1000_characters_is_a_400_and_changes
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("cancellationRequestId", "c" * 257), ("requestedByUser", "u" * 257)],
+    [
+        ("cancellationRequestId", "c" * 257),
+        ("cancellationRequestDate", "d" * 257),
+        ("marketplaceOrderGroup", "g" * 257),
+        ("requestedByUser", "u" * 257),
+    ],
 )
 async def test_1_a_cancellation_field_too_long_is_a_400_naming_it(
     stack: Stack, field: str, value: str
@@ -122,6 +127,44 @@ async def test_1_a_cancellation_field_too_long_is_a_400_naming_it(
     response = await stack.cancel(order_id, **{field: value})
 
     assert assert_error(response, 400, "InvalidRequest")["details"][0]["field"] == field
+    await assert_untouched(stack, order_id)
+
+
+@pytest.mark.parametrize("field", ["cancellationRequestId", "cancellationRequestDate"])
+async def test_1_a_line_break_in_a_cancellation_requests_id_or_date_is_a_400(
+    stack: Stack, field: str
+) -> None:
+    # Both are printed in the log lines about the cancellation: a line break would forge one.
+    order_id = await placed(stack)
+    forged = "c-1\n2026-11-24 01:38:42 INFO api: order SLR-2-01 canceled"
+
+    response = await stack.cancel(order_id, **{field: forged})
+
+    assert assert_error(response, 400, "InvalidRequest")["details"][0]["field"] == field
+    await assert_untouched(stack, order_id)
+
+
+@pytest.mark.parametrize(
+    ("payment_data", "field"),
+    [
+        ({"payments": [{"value": 1}] * 101}, "paymentData.payments"),
+        ({"payments": [{"value": 2**53}]}, "paymentData.payments[0].value"),
+        ({"payments": [{"value": "32499"}]}, "paymentData.payments[0].value"),
+        ({"payments": [{"group": "g" * 257}]}, "paymentData.payments[0].group"),
+        ("credit card", "paymentData"),
+    ],
+    ids=["101-payments", "value-beyond-2^53", "value-as-text", "long-group", "not-an-object"],
+)
+async def test_1_payment_data_beyond_its_bounds_is_a_400_naming_it(
+    stack: Stack, payment_data: Any, field: str
+) -> None:
+    order_id = await placed(stack)
+    for call in ("fulfill", "cancel"):
+        body = request_example(call, order_id) | {"paymentData": payment_data}
+
+        response = await stack.http.post(f"/pvt/orders/SLR-{order_id}/{call}", json=body)
+
+        assert assert_error(response, 400, "InvalidRequest")["details"][0]["field"] == field
     await assert_untouched(stack, order_id)
 
 

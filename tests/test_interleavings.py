@@ -220,7 +220,10 @@ async def _violations(
         record = await stack.warehouse.order_record(f"SLR-{order_id}")
         if status != "invoiced" or not record or record["state"] != "invoiced":
             found.append(f"a refused cancellation, yet the order is {status}")
-        elif (
+        # With no cancellation on the order, it never reached it: the invoiced order's workflow
+        # had closed (its late-call window over, or closed early by an operator's cancel), and
+        # the API refused it from the order's last state.
+        elif order["cancellation"] is not None and (
             "invoice" not in steps
             or not reached
             or _at(steps["invoice"]["startedAt"]) > _at(reached)

@@ -385,6 +385,33 @@ async def test_nulls_where_real_traffic_sends_them_are_accepted(stack: Stack) ->
     assert (await workflow_input(stack, order_id)).freight_value == 1090
 
 
+async def test_attachments_the_answer_cannot_type_are_accepted_and_shaped_to_the_schema(
+    stack: Stack,
+) -> None:
+    # VTEX's 2026 file types an item's attachments as objects with string id, name and url. Real
+    # orders carry a customization's (`name` and `content`); nulls, numbers and non-objects are
+    # accepted as before, and left out of the answer.
+    order_id = new_order_id()
+    body = real_order(order_id, stack.endpoint)
+    customization = {"name": "Engraving", "content": {"Text": "Ana"}}
+    body["items"][0]["attachments"] = [
+        customization,
+        {"id": 7, "name": None, "url": "https://example.com/a.jpg", "content": None},
+        None,
+        "gift wrap",
+    ]
+
+    answer = await place(stack, body)
+
+    assert answer["items"][0]["attachments"] == [
+        customization,
+        {"url": "https://example.com/a.jpg", "content": None},
+    ]
+    again = await stack.http.post("/pvt/orders", json=body)
+    assert again.status_code == 200, again.text  # the same placement, retried
+    assert again.json() == answer
+
+
 async def test_decimal_unit_multipliers_are_accepted_and_kept_out_of_the_answer(
     stack: Stack,
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -121,8 +122,40 @@ class CancelRequest(CamelModel):
     received_at: datetime
     reason: str | None = None
     cancellation_request_id: str | None = None
+    # When the marketplace took the request, as it wrote it (VTEX's format:
+    # `2024-03-04T15:45:02.1306363+00:00`).
+    cancellation_request_date: str | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
+
+
+class NamesCancellationRequest(Protocol):
+    """What names the marketplace's cancellation request: its call's body, the update, the order's
+    record of it."""
+
+    cancellation_request_id: str | None
+    cancellation_request_date: str | None
+
+
+def cancellation_request_text(request: NamesCancellationRequest) -> str:
+    """How a log line names the marketplace's cancellation request (`cancellation request
+    85835ab4... dated 2024-03-04T15:45:02.1306363+00:00`); empty when nothing names it."""
+    text = ""
+    if request.cancellation_request_id:
+        text += f" {request.cancellation_request_id}"
+    if request.cancellation_request_date:
+        text += f" dated {request.cancellation_request_date}"
+    return f"cancellation request{text}" if text else ""
+
+
+def cancellation_request_fields(request: NamesCancellationRequest) -> dict[str, str]:
+    """The marketplace's cancellation request as a log record's fields (`extra=`), as JSON logs
+    carry them: those it named."""
+    fields = {
+        "cancellationRequestId": request.cancellation_request_id,
+        "cancellationRequestDate": request.cancellation_request_date,
+    }
+    return {name: value for name, value in fields.items() if value}
 
 
 class OrderReceipt(CamelModel):
@@ -152,6 +185,8 @@ class Cancellation(CamelModel):
     reached_order_at: datetime | None = None
     reason: str | None = None
     cancellation_request_id: str | None = None
+    # When the marketplace took the request, as it wrote it.
+    cancellation_request_date: str | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
     # confirmed, pending (compensating), refused (the order was invoiced)

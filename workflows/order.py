@@ -70,6 +70,8 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         Tracking,
         TrackingEventView,
+        cancellation_request_fields,
+        cancellation_request_text,
     )
     from workflows.policies import MARKETPLACE_CALL_TIMEOUT, MARKETPLACE_RETRY
 
@@ -439,7 +441,10 @@ class OrderWorkflow:
         try:
             await self._run_compensation(FulfillmentActivities.release_stock)
         except ActivityError:  # AlreadyInvoiced: the only failure _run_compensation lets out
-            workflow.logger.info("order %s: invoiced before the cancel", self._order.order_id)
+            named, fields = self._cancellation_request_log()
+            workflow.logger.info(
+                "order %s: invoiced before the cancel%s", self._order.order_id, named, extra=fields
+            )
             self._set_invoice(await self._committed_invoice())
             self._move(OrderStatus.INVOICED, self._invoiced_despite_cancellation())
             return
@@ -855,9 +860,13 @@ class OrderWorkflow:
                 reached_order_at=workflow.now(),
                 reason=request.reason,
                 cancellation_request_id=request.cancellation_request_id,
+                cancellation_request_date=request.cancellation_request_date,
                 requested_by_user=request.requested_by_user,
             )
-            workflow.logger.info("order %s: cancellation requested", self._order.order_id)
+            named, fields = self._cancellation_request_log()
+            workflow.logger.info(
+                "order %s: cancellation requested%s", self._order.order_id, named, extra=fields
+            )
         cancellation = self._cancellation
         cancellation.marketplace_asked = True
         if self._status in CANCEL_STARTS_IN:
@@ -886,7 +895,10 @@ class OrderWorkflow:
         assert self._invoice is not None and self._invoice_view is not None
         if self._cancellation is not None:
             self._cancellation.outcome = "refused"
-        workflow.logger.info("order %s: cancellation refused, invoiced", self._order.order_id)
+        named, fields = self._cancellation_request_log()
+        workflow.logger.info(
+            "order %s: cancellation refused, invoiced%s", self._order.order_id, named, extra=fields
+        )
         resend = "the invoice is being sent to the marketplace again"
         if self._patched(REFUSAL_ANSWERS_BEFORE_RESEND):
             if self._invoice_resend is None:
@@ -1022,10 +1034,30 @@ class OrderWorkflow:
             self._status_reason = reason
         if is_final(status):
             self._ended_at[status] = workflow.now()
+        # A move a cancellation made, or one it met (an invoice it came too late for).
+        cancellation_move = status in (
+            OrderStatus.CANCELING,
+            OrderStatus.CANCELED,
+            OrderStatus.INVOICED,
+        )
+        named, fields = self._cancellation_request_log() if cancellation_move else ("", {})
         workflow.logger.info(
-            "order %s: %s%s", self._order.order_id, status, f" ({reason})" if reason else ""
+            "order %s: %s%s%s",
+            self._order.order_id,
+            status,
+            f" ({reason})" if reason else "",
+            named,
+            extra=fields,
         )
         self._show()
+
+    def _cancellation_request_log(self) -> tuple[str, dict[str, str]]:
+        """The marketplace's cancellation request, as the order's log lines about it name it (an
+        end of the line, and the record's fields); nothing without one."""
+        if self._cancellation is None:
+            return "", {}
+        text = cancellation_request_text(self._cancellation)
+        return (f" [{text}]" if text else ""), cancellation_request_fields(self._cancellation)
 
     def _show(self, activity: str | None = None) -> None:
         """What the Temporal UI shows as the workflow's current details."""

@@ -27,7 +27,12 @@ from api.models import (
 from config import Settings
 from logs import order_fields
 from workflows.ids import is_valid_order_id
-from workflows.messages import OrderView, PlacementResult
+from workflows.messages import (
+    OrderView,
+    PlacementResult,
+    cancellation_request_fields,
+    cancellation_request_text,
+)
 
 log = logging.getLogger("api")
 
@@ -208,18 +213,23 @@ async def cancel_order(
     receipt = await order_calls.cancel_order(
         client, settings, _checked_path_id(order_id), body, _now()
     )
+    # The request this call names; the order keeps the first call's (a retry names the same).
+    named = cancellation_request_text(body)
+    fields = order_fields(body.marketplace_order_id) | cancellation_request_fields(body)
     if receipt is None:
         log.info(
-            "order %s: cancellation still being evaluated",
+            "order %s: cancellation still being evaluated%s",
             body.marketplace_order_id,
-            extra=order_fields(body.marketplace_order_id),
+            f" ({named})" if named else "",
+            extra=fields,
         )
         return Response(status_code=200)
     log.info(
-        "order %s canceled (receipt %s)",
+        "order %s canceled (receipt %s%s)",
         receipt.order_id,
         receipt.receipt,
-        extra=order_fields(receipt.marketplace_order_id),
+        f", {named}" if named else "",
+        extra=fields,
     )
     return JSONResponse(ResponseOrderId.model_validate(receipt.model_dump()).model_dump())
 
