@@ -10,9 +10,11 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from pydantic import ValidationError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -24,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import temporal_client
 from activities.change_notifications import (
     NOTIFICATION_SLOTS,
     ChangeNotificationActivities,
@@ -55,8 +58,8 @@ log = logging.getLogger("worker")
 
 
 async def connect(settings: Settings) -> Client:
-    """The Temporal client, with the data converter the API uses too (pydantic, and the payload
-    encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
+    """The Temporal client (temporal_client.py: TLS, mTLS, API key), with the data converter the
+    API uses too (pydantic, and the payload encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
     runtime = None
     if settings.worker_metrics_address:
         # The SDK's own metrics and the orders' (workflow.metric_meter, activity.metric_meter).
@@ -65,11 +68,8 @@ async def connect(settings: Settings) -> Client:
                 metrics=PrometheusConfig(bind_address=settings.worker_metrics_address)
             )
         )
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings.encryption_key),
-        runtime=runtime,
+    return await temporal_client.connect(
+        settings, data_converter=data_converter(settings.encryption_key), runtime=runtime
     )
 
 
@@ -197,8 +197,15 @@ def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner:
 
 
 async def main() -> None:
-    """Connect (retrying while Temporal starts) and run until interrupted."""
-    settings = get_settings()
+    """Connect (retrying while Temporal starts) and run until interrupted; stop at once, with the
+    reason, on settings that cannot work or a server that refuses this worker."""
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        error = err.errors()[0]
+        # A field's own check names no setting; the model's checks (credentials) name theirs.
+        where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+        sys.exit(f"the worker cannot start: {where}{error['msg'].removeprefix('Value error, ')}")
     stop = asyncio.Event()
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(stop_signal, stop.set)
@@ -206,6 +213,8 @@ async def main() -> None:
         try:
             client = await connect(settings)
             break
+        except temporal_client.TemporalRefusedError as err:
+            sys.exit(f"the worker cannot start: {err}")
         except RuntimeError as err:
             log.warning(
                 "Temporal at %s not reachable yet (%s); retrying", settings.temporal_address, err
