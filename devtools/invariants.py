@@ -335,7 +335,10 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         settings = get_settings()
     except ValidationError as err:  # e.g. a TLS certificate that cannot work
-        print(f"could not check: {err.errors()[0]['msg']}", file=sys.stderr)
+        print(
+            f"could not check: {err.errors()[0]['msg'].removeprefix('Value error, ')}",
+            file=sys.stderr,
+        )
         return EXIT_UNCHECKED
     try:
         # TemporalRefusedError, a refused TLS handshake or API key, is a RuntimeError too.
