@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
+from temporal_client import read_credentials
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
 
@@ -42,6 +43,45 @@ class Settings(BaseSettings):
     task_queue: str = DEFAULT_TASK_QUEUE
     # Shown as a link on GET /pvt/orders/{orderId} when set, e.g. http://localhost:8233.
     temporal_ui_url: str = ""
+    # A secured connection, built by temporal_client.py; see docs/temporal-connection.md. Each
+    # credential is a file named by a *_FILE setting (e.g. a compose secret in /run/secrets): the
+    # secret never sits in the environment, and a missing file stops the process, named.
+    # TLS is on as soon as any of these is set. TEMPORAL_TLS=true alone: TLS, the server checked
+    # against the system's CAs (Temporal Cloud). TEMPORAL_TLS=false: plain, even with an API key
+    # (for a proxy on loopback that adds TLS); with a TLS file, refused.
+    temporal_tls: bool | None = None
+    # The CA that signed the server's certificate (PEM); unset: the system's CAs.
+    temporal_tls_ca_file: Path | None = None
+    # The name the server's certificate must carry, sent as the TLS SNI, when it is not the host
+    # of TEMPORAL_ADDRESS.
+    temporal_tls_server_name: str = ""
+    # mTLS: this client's certificate (PEM; intermediates may follow it) and its unencrypted
+    # private key (PEM). Both or neither.
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    # A file holding an API key alone, sent as `Authorization: Bearer <key>` (Temporal Cloud).
+    temporal_api_key_file: Path | None = None
+
+    @field_validator(
+        "temporal_tls",
+        "temporal_tls_ca_file",
+        "temporal_tls_cert_file",
+        "temporal_tls_key_file",
+        "temporal_api_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _temporal_empty_is_unset(cls, value: object) -> object:
+        # TEMPORAL_TLS_CA_FILE= (compose's `${TEMPORAL_TLS_CA_FILE:-}`) is unset, not the
+        # current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _temporal_credentials_are_sound(self) -> Settings:
+        # A certificate, key or API key file that cannot work stops the process at start with
+        # the setting and the file named, not later as a refused handshake.
+        read_credentials(self)
+        return self
 
     # HTTP API
     api_host: str = "127.0.0.1"

@@ -14,6 +14,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from pydantic import ValidationError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -25,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import temporal_client
 from activities.change_notifications import (
     NOTIFICATION_SLOTS,
     ChangeNotificationActivities,
@@ -56,8 +58,8 @@ log = logging.getLogger("worker")
 
 
 async def connect(settings: Settings) -> Client:
-    """The Temporal client, with the data converter the API uses too (pydantic, and the payload
-    encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
+    """The Temporal client (temporal_client.py: TLS, mTLS, API key), with the data converter the
+    API uses too (pydantic, and the payload encryption when PAYLOAD_ENCRYPTION_KEY is set)."""
     runtime = None
     if settings.worker_metrics_address:
         # The SDK's own metrics and the orders' (workflow.metric_meter, activity.metric_meter).
@@ -66,11 +68,8 @@ async def connect(settings: Settings) -> Client:
                 metrics=PrometheusConfig(bind_address=settings.worker_metrics_address)
             )
         )
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings.encryption_key),
-        runtime=runtime,
+    return await temporal_client.connect(
+        settings, data_converter=data_converter(settings.encryption_key), runtime=runtime
     )
 
 
@@ -198,9 +197,16 @@ def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner:
 
 
 async def main() -> None:
-    """Connect (retrying while Temporal starts) and run until interrupted; refuse to start
-    without a payload key when REQUIRE_PAYLOAD_ENCRYPTION says so."""
-    settings = get_settings()
+    """Connect (retrying while Temporal starts) and run until interrupted; stop at once, with the
+    reason, on settings that cannot work (a payload key REQUIRE_PAYLOAD_ENCRYPTION wants, a bad
+    certificate) or a server that refuses this worker."""
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        error = err.errors()[0]
+        # A field's own check names no setting; the model's checks (credentials) name theirs.
+        where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+        sys.exit(f"the worker cannot start: {where}{error['msg'].removeprefix('Value error, ')}")
     problem = encryption_problem(settings.encryption_key, settings.require_payload_encryption)
     if problem:
         sys.exit(f"the worker cannot start: {problem}")
@@ -213,6 +219,8 @@ async def main() -> None:
         try:
             client = await connect(settings)
             break
+        except temporal_client.TemporalRefusedError as err:
+            sys.exit(f"the worker cannot start: {err}")
         except RuntimeError as err:
             log.warning(
                 "Temporal at %s not reachable yet (%s); retrying", settings.temporal_address, err

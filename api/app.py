@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
+import temporal_client
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.models import OrderPlacement, RequestOrderId
@@ -38,12 +39,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.client is None:
-            # Lazy: the API starts even while Temporal is still starting; /healthz tells.
-            app.state.client = await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
-                data_converter=data_converter(settings.encryption_key),
-                lazy=True,
+            # Lazy: the API starts even while Temporal is still starting; /healthz tells. A
+            # server that refuses its credentials (TLS, API key) stops it at once.
+            app.state.client = await temporal_client.connect(
+                settings, data_converter=data_converter(settings.encryption_key), lazy=True
             )
         if freeze_gc:
             gc.collect()

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from temporalio.client import Client
 
+import temporal_client
 from activities.simulated_warehouse import SimulatedWarehouse
 from codec import data_converter
 from config import get_settings
@@ -330,12 +332,18 @@ async def load_marketplace_calls(source: str) -> list[dict[str, Any]]:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    settings = get_settings()
     try:
-        client = await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            data_converter=data_converter(settings.encryption_key),
+        settings = get_settings()
+    except ValidationError as err:  # e.g. a TLS certificate that cannot work
+        print(
+            f"could not check: {err.errors()[0]['msg'].removeprefix('Value error, ')}",
+            file=sys.stderr,
+        )
+        return EXIT_UNCHECKED
+    try:
+        # TemporalRefusedError, a refused TLS handshake or API key, is a RuntimeError too.
+        client = await temporal_client.connect(
+            settings, data_converter=data_converter(settings.encryption_key)
         )
         source = args.marketplace_calls
         report = await check(

@@ -38,6 +38,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+import temporal_client
+from config import Settings
 from devtools.processes import ProcessStack
 from workflows import ids
 
@@ -278,8 +280,11 @@ async def soak(args: argparse.Namespace) -> int:
     tally = Tally(deadline=time.monotonic() + seconds + args.grace_seconds)
     order_ids = [f"SOAK{seed}-{n:05d}" for n in range(args.orders)]
     try:
-        client = await Client.connect(
-            stack.temporal_address, data_converter=pydantic_data_converter
+        # The stack's processes read a clean environment (no TEMPORAL_TLS* of this shell), and
+        # so does this client: the defaults, and the stack's dev server.
+        client = await temporal_client.connect(
+            Settings.model_construct(temporal_address=stack.temporal_address),
+            data_converter=pydantic_data_converter,
         )
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
