@@ -100,9 +100,11 @@ async def serve(servers: list[Listener]) -> list[Listener]:
     async def run(server: Listener) -> bool:
         try:
             await server.serve()
-        except SystemExit:  # uvicorn's word for "could not start"; it logged why.
+        except SystemExit:  # uvicorn's word for "could not listen"; it logged why.
             return False
-        return True
+        # A lifespan that failed (Temporal refused this API's credentials) returns from serve()
+        # without ever starting: it logged why.
+        return server.started
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
@@ -162,9 +164,11 @@ def main() -> None:
     ]
     with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
         failed = runner.run(serve([Listener(config) for config in configs]))
+    if api.state.start_error:
+        sys.exit(f"the API cannot start: {api.state.start_error}")
     if failed:
         where = ", ".join(f"{s.config.host}:{s.config.port}" for s in failed)
-        sys.exit(f"the API stopped: it could not listen on {where} (see above)")
+        sys.exit(f"the API stopped: it could not start on {where} (see above)")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ def create_app(
         if app.state.client is None:
             # Lazy: the API starts even while Temporal is still starting; /healthz tells. A
             # server that refuses its credentials (TLS, API key) stops it at once.
-            app.state.client = await temporal_client.connect(
-                settings, data_converter=data_converter(settings.encryption_key), lazy=True
-            )
+            try:
+                app.state.client = await temporal_client.connect(
+                    settings, data_converter=data_converter(settings.encryption_key), lazy=True
+                )
+            except temporal_client.TemporalRefusedError as err:
+                app.state.start_error = str(err)  # python -m api ends with it
+                raise
         if freeze_gc:
             gc.collect()
             gc.freeze()
@@ -61,6 +65,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.client = client
+    app.state.start_error = None
     # Resolved once: Settings.shipping_table_path resolves a file name on every call.
     app.state.shipping_table_path = settings.shipping_table_path
     install_error_handlers(app)

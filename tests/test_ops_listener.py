@@ -588,7 +588,7 @@ def test_a_taken_ops_port_stops_the_api_with_its_address(tmp_path: Path) -> None
         )
 
     assert result.returncode == 1
-    assert f"could not listen on {HOST}:{process.env['OPS_PORT']}" in result.stderr
+    assert f"could not start on {HOST}:{process.env['OPS_PORT']}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not listening(int(process.env["API_PORT"]))
 
