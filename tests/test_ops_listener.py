@@ -566,6 +566,10 @@ async def test_a_signal_stops_both_listeners(tmp_path: Path, stop: str) -> None:
     api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], {})
     await asyncio.to_thread(api.start)
     api_port = int(api.env["API_PORT"])
+    # Ready means the ops listener answers; the VTEX one starts beside it.
+    deadline = time.monotonic() + 20
+    while not listening(api_port) and time.monotonic() < deadline:  # noqa: ASYNC110 - a port
+        await asyncio.sleep(0.1)
     assert listening(api_port) and listening(int(api.env["OPS_PORT"]))
     assert api.popen is not None
 
