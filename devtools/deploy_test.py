@@ -671,6 +671,19 @@ def deploy_test(args: argparse.Namespace) -> dict[str, Any]:
                     raise Failed(f"{container[:12]} does not run the new image")
             http = vtex()
             wait_all(http, in_flight, "invoiced", timeout=240)
+        with phase("a rotated password survives db-init; ps and logs need no secret", times):
+            rotated = "rotated-" + uuid.uuid4().hex
+            sql = f"ALTER ROLE warehouse PASSWORD '{rotated}'"
+            compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
+            compose("run", "--rm", "db-init")  # as every `up` runs it
+            check = ["exec", "-T", "-e", f"PGPASSWORD={rotated}", "postgresql", "psql", "-h"]
+            compose(*check, "127.0.0.1", "-U", "warehouse", "-d", "warehouse", "-c", "SELECT 1")
+            back = (secrets_dir / "warehouse_db_password").read_text()
+            sql = f"ALTER ROLE warehouse PASSWORD '{back}'"
+            compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
+            no_secrets = {"SECRETS_DIR": str(work / "no-such-folder")}
+            compose("ps", **no_secrets)
+            compose("logs", "--tail", "1", "api", **no_secrets)
         with phase("the Temporal UI's codec and a screenshot", times):
             order = report["first_order"]
             decoded = decoded_input(order, ops_token)
@@ -694,7 +707,17 @@ def deploy_test(args: argparse.Namespace) -> dict[str, Any]:
             )
         else:
             with phase("compose down -v", times):
-                compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300)
+                # With no secret at hand, as an operator may run it.
+                no_secrets = str(work / "no-such-folder")
+                compose(
+                    "down",
+                    "-v",
+                    "--remove-orphans",
+                    "--timeout",
+                    "10",
+                    timeout=300,
+                    SECRETS_DIR=no_secrets,
+                )
                 left = run(
                     "docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"
                 ).split()
