@@ -62,8 +62,25 @@ class OrderIds(logging.Filter):
         return True
 
 
+# Characters that would end or break a text log line: C0 and C1 controls, Unicode's line breaks.
+_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 class TextWithIds(logging.Formatter):
-    """The text format, with the order's ids appended when the record has them."""
+    """The text format, with the order's ids appended when the record has them. A message is
+    one line whatever it quotes (a cancellation's reason is the marketplace's text): its line
+    breaks and control characters are written escaped, so none can forge a line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The message on one line."""
+        if _LINE_BREAKERS.search(record.message):
+            record = logging.makeLogRecord(record.__dict__)
+            record.message = _LINE_BREAKERS.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         """One line."""

@@ -12,6 +12,7 @@ fits `responseOrderPlacement`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -409,32 +410,18 @@ def _echoed_item(item: PlacementItem) -> PlacementItem:
     return item.model_copy(update=changes) if changes else item
 
 
-class Payment(VtexModel):
-    """A payment of `requestOrderId.paymentData`: read, never kept (the marketplace takes them)."""
-
-    payment_system: ShortText | None = None
-    payment_system_name: ShortText | None = None
-    # In cents.
-    value: SafeInt | None = None
-    installments: SafeInt | None = None
-    reference_value: SafeInt | None = None
-    # creditCard, debitCard, bankInvoice, promissory, giftCard, instantPayment: not checked
-    # against that list, which VTEX extends; no call is refused for a payment's kind.
-    group: ShortText | None = None
+# What a kept id or date may not hold: C0 and C1 controls and Unicode's line separators (printed in
+# the log lines about the cancellation, a line break would forge one).
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-class PaymentData(VtexModel):
-    """`requestOrderId.paymentData`."""
-
-    payments: list[Payment] | None = Field(default=None, max_length=MAX_ITEM_PARTS)
-    # The payment provider's answer, whose fields "can vary according to the provider" (VTEX's
-    # file): taken as sent, bounded by the body's size and depth, and never kept.
-    connector_responses: dict[str, Any] | None = None
-
-
-# An id or a date that the order keeps and that its log lines print: short, and printable (a
-# line break in it would forge a log line).
-PrintableText = Annotated[str, Field(max_length=MAX_SHORT_TEXT, pattern=r"^[^\x00-\x1f\x7f]*$")]
+def printable(value: object) -> str | None:
+    """A cancellation's request id or date as the order keeps it: text, its unprintable
+    characters made spaces, cut to MAX_SHORT_TEXT. Never a refusal: the marketplace retries a
+    refused cancellation with the same body forever, and the order only records these."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return UNPRINTABLE.sub(" ", str(value))[:MAX_SHORT_TEXT]
 
 
 class RequestOrderId(VtexModel):
@@ -449,15 +436,23 @@ class RequestOrderId(VtexModel):
     """
 
     marketplace_order_id: OrderIdText
-    marketplace_order_group: ShortText | None = None
-    cancellation_request_id: PrintableText | None = None
-    # VTEX's format, `2024-03-04T15:45:02.1306363+00:00`, kept as sent: no cancellation is
-    # refused over how its date is written.
-    cancellation_request_date: PrintableText | None = None
+    # Kept as `printable` makes them: VTEX's date format, `2024-03-04T15:45:02.1306363+00:00`,
+    # as sent; no cancellation is refused over how its id or date is written.
+    cancellation_request_id: str | None = None
+    cancellation_request_date: str | None = None
     reason: Text | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
-    payment_data: PaymentData | None = None
+    # Read by nothing here (the marketplace settles payments; a dispatch or cancellation does not
+    # depend on them): taken as sent, bounded only by the body's size and depth, so that no
+    # shape of theirs refuses a call the marketplace would retry forever.
+    marketplace_order_group: Any = None
+    payment_data: Any = None
+
+    @field_validator("cancellation_request_id", "cancellation_request_date", mode="before")
+    @classmethod
+    def _printable(cls, value: object) -> str | None:
+        return printable(value)
 
     @field_validator("requested_by_user")
     @classmethod

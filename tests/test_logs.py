@@ -5,10 +5,12 @@ cancellation, from the API and from the worker (real processes, their real outpu
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import httpx
 
+import logs
 from logs import ORDER_FIELDS
 from tests.stack import new_order_id, placement_example, request_example
 from tests.test_crashes import call, dispatch, processes, until
@@ -71,3 +73,17 @@ async def test_json_lines_carry_the_orders_ids_and_the_cancellations_request(
         for record in cancellation_lines:
             assert named in record["message"], record
             assert {name: record.get(name) for name in request} == request, record
+
+
+def test_a_text_log_line_cannot_be_forged_by_what_it_quotes() -> None:
+    # A cancellation's reason is the marketplace's text, quoted in the worker's line.
+    formatter = logs.TextWithIds(logs.TEXT_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    forged = "x\n2099-01-01 00:00:00 INFO api: order FORGED-01 canceled\r\x85\u2028 y"
+    record = logging.LogRecord(
+        "workflow", logging.INFO, __file__, 1, "canceling (%s)", (forged,), None
+    )
+
+    line = formatter.format(record)
+
+    assert "\n" not in line and "\r" not in line and "\x85" not in line and "\u2028" not in line
+    assert "canceling (x\\n2099-01-01 00:00:00 INFO api: order FORGED-01 canceled\\r" in line
