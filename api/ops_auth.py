@@ -19,6 +19,8 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -31,6 +33,10 @@ log = logging.getLogger("api")
 
 # Signatures by a key of the IdP's JWKS only: never HS* (whose "key" would be the public key
 # itself, anyone's to sign with) or "none".
+# How long the codec answers 503 at once after the JWKS could not be read.
+JWKS_RETRY_SECONDS = 10.0
+# Checks waiting for the JWKS beyond this answer 503 at once rather than queue.
+MAX_WAITING_CHECKS = 8
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 
 
@@ -61,8 +67,26 @@ class JwtVerifier:
         self._jwks_url = jwks_url
         self._audience = audience
         self._issuer = issuer or None
+        # Checks run on a pool of their own, one at a time (PyJWKClient fetches under a lock
+        # anyway): a JWKS that hangs then holds one thread, never the default pool that the VTEX
+        # port's catalog reads use.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwks")
+        # After a failed fetch, every check answers 503 at once until then (monotonic seconds):
+        # callers retrying against a dead IdP do not queue a 5 s fetch each.
+        self._unreadable_until = 0.0
+        self._waiting = 0
+
+    def _unavailable(self) -> ApiError:
+        return ApiError(
+            503,
+            "ServiceUnavailable",
+            "the token cannot be checked now: the JWKS (CODEC_JWKS_URL) cannot be read",
+            headers={"Retry-After": "5"},
+        )
 
     def _check(self, token: str) -> None:
+        if time.monotonic() < self._unreadable_until:
+            raise self._unavailable()
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
         except jwt.InvalidTokenError as err:
@@ -70,12 +94,8 @@ class JwtVerifier:
         except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError) as err:
             # The IdP's fault (or CODEC_JWKS_URL's), not the caller's: retry later.
             log.warning("codec: the JWKS at %s cannot be read: %s", self._jwks_url, err)
-            raise ApiError(
-                503,
-                "ServiceUnavailable",
-                "the token cannot be checked now: the JWKS (CODEC_JWKS_URL) cannot be read",
-                headers={"Retry-After": "5"},
-            ) from err
+            self._unreadable_until = time.monotonic() + JWKS_RETRY_SECONDS
+            raise self._unavailable() from err
         except jwt.PyJWKClientError as err:  # No key of the JWKS has the token's key id.
             raise unauthorized(f"the JWT is not signed by a key of the JWKS: {err}") from err
         try:
@@ -92,8 +112,20 @@ class JwtVerifier:
 
     async def check(self, token: str) -> None:
         """Return if the token is valid; raise the 401 (or, the JWKS out of reach, the 503)."""
-        # Off the event loop: the JWKS fetch is a blocking HTTP call.
-        await asyncio.to_thread(self._check, token)
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError as err:
+            raise unauthorized(f"the bearer token is not a JWT: {err}") from err
+        if algorithm not in ALGORITHMS:  # refused before any fetch of the JWKS
+            raise unauthorized(f"the JWT is refused: algorithm {algorithm!r} is not allowed")
+        if self._waiting >= MAX_WAITING_CHECKS:
+            raise self._unavailable()
+        self._waiting += 1
+        try:
+            # Off the event loop: the JWKS fetch is a blocking HTTP call.
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._check, token)
+        finally:
+            self._waiting -= 1
 
 
 @dataclass

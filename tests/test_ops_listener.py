@@ -617,3 +617,57 @@ async def test_codec_open_lets_a_login_less_ui_decode_while_metrics_keep_the_ops
     assert_error(metrics, 401, "Unauthorized")
     assert with_token.status_code == 200
     assert "codec: OPEN (CODEC_OPEN)" in api.log_tail(100)
+
+
+async def test_a_hanging_jwks_holds_no_caller_and_no_thread_of_the_vtex_port(
+    tmp_path: Path,
+) -> None:
+    # An IdP that takes connections and never answers: before, each check waited 5 s in turn
+    # on the default thread pool, and the VTEX port's catalog reads starved behind them.
+    stall = socket.socket()
+    stall.bind((HOST, 0))
+    stall.listen(64)
+    env = {
+        "PAYLOAD_ENCRYPTION_KEY": PAYLOAD_KEY,
+        "CODEC_JWKS_URL": f"http://{HOST}:{stall.getsockname()[1]}/jwks.json",
+        "CODEC_JWT_AUDIENCE": AUDIENCE,
+    }
+    api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], env)
+    try:
+        await asyncio.to_thread(api.start)
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{api.port}", timeout=60) as ops:
+
+            async def decode() -> httpx.Response:
+                headers = bearer(id_token())
+                return await ops.post("/codec/decode", json=plain_payloads("x"), headers=headers)
+
+            started = time.monotonic()
+            answers = await asyncio.gather(*(decode() for _ in range(12)))
+            all_answered = time.monotonic() - started
+            started = time.monotonic()
+            again = await decode()
+            answered_again = time.monotonic() - started
+    finally:
+        api.terminate()
+        stall.close()
+
+    for answer in [*answers, again]:
+        assert_error(answer, 503, "ServiceUnavailable")
+    # One fetch's timeout (5 s) for the twelve, not twelve of them one after the other (60 s);
+    # then none while the JWKS is known unreadable.
+    assert all_answered < 20, all_answered
+    assert answered_again < 2, answered_again
+
+
+async def test_the_codec_takes_a_bounded_number_of_payloads(ports: Ports) -> None:
+    one = plain_payloads("x")["payloads"][0]
+    headers = bearer(OPS_TOKEN)
+
+    refused = await ports.ops.post(
+        "/codec/encode", json={"payloads": [one] * 1001}, headers=headers
+    )
+    taken = await ports.ops.post("/codec/encode", json={"payloads": [one] * 1000}, headers=headers)
+
+    assert_error(refused, 400, "InvalidRequest")
+    assert "at most 1000 payloads" in refused.json()["error"]["message"]
+    assert taken.status_code == 200 and len(taken.json()["payloads"]) == 1000
