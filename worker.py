@@ -222,8 +222,24 @@ async def main() -> None:
         except temporal_client.TemporalRefusedError as err:
             sys.exit(f"the worker cannot start: {err}")
         except RuntimeError as err:
+            # A plain client before a TLS server sees its connection cut, as a server still
+            # starting would: say what else it may be.
+            plain = not (
+                settings.temporal_tls
+                or settings.temporal_tls_ca_file
+                or settings.temporal_tls_cert_file
+                or settings.temporal_api_key_file
+            )
+            hint = (
+                "; if it requires TLS, set TEMPORAL_TLS=true (docs/temporal-connection.md)"
+                if plain
+                else ""
+            )
             log.warning(
-                "Temporal at %s not reachable yet (%s); retrying", settings.temporal_address, err
+                "Temporal at %s not reachable yet (%s); retrying%s",
+                settings.temporal_address,
+                err,
+                hint,
             )
             await asyncio.sleep(2)
     else:

@@ -403,7 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     delist.add_argument("skus", nargs="+", metavar="SKU")
     args = parser.parse_args(argv)
-    target = Catalog.from_settings(get_settings())
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        # Only the message: pydantic's own text quotes the settings, secrets among them.
+        error = err.errors()[0]
+        where = f"{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+        print(f"catalog: {where}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    target = Catalog.from_settings(settings)
     if args.command == "delist":
         print("catalog: " + "\n".join(target.delist(args.skus).lines()))
         return 0

@@ -1,8 +1,12 @@
 -- Temporal's and the warehouse's users and databases, each user owning its own. Run with psql by
--- the db-init job of docker-compose.yml on every `up`, as the superuser, with the variables
--- temporal_password and warehouse_password read from their secret files. Every statement is safe
+-- the db-init job of docker-compose.yml on every `up`, as the superuser. Every statement is safe
 -- to repeat, and none changes what exists: a password rotated since (ALTER ROLE ... PASSWORD,
 -- then the secret file) is never reset here.
+
+-- The passwords, read from compose's secret files by psql itself: never on a command line, where
+-- `ps` would show them.
+\set temporal_password `cat /run/secrets/temporal_db_password`
+\set warehouse_password `cat /run/secrets/warehouse_db_password`
 
 SELECT format('CREATE ROLE temporal LOGIN PASSWORD %L', :'temporal_password')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'temporal') \gexec

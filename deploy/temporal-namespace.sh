@@ -23,12 +23,23 @@ else
   echo "namespace $NAMESPACE created, retention $RETENTION"
 fi
 
-existing=$(temporal operator search-attribute list --namespace "$NAMESPACE")
+# A namespace just created reaches every frontend's cache within seconds: until then, listing
+# its search attributes fails.
+tries=0
+until existing=$(temporal operator search-attribute list --namespace "$NAMESPACE" 2>&1); do
+  tries=$((tries + 1))
+  if [ "$tries" -ge 30 ]; then
+    echo "the search attributes of $NAMESPACE cannot be listed: $existing" >&2
+    exit 1
+  fi
+  sleep 1
+done
 for attribute in OrderStatus=Keyword FulfillmentStep=Keyword MarketplaceOrderId=Keyword \
                  SellerOrderId=Keyword InvoiceNotDelivered=Bool; do
   name=${attribute%%=*}
   type=${attribute#*=}
-  if printf '%s\n' "$existing" | grep -qw "$name"; then
+  # The name as a whole word at the start of a line of the list (one attribute a line).
+  if printf '%s\n' "$existing" | grep -Eq "^[[:space:]]*$name[[:space:]]"; then
     echo "search attribute $name: present"
     continue
   fi

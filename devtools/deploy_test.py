@@ -681,9 +681,8 @@ def deploy_test(args: argparse.Namespace) -> dict[str, Any]:
             back = (secrets_dir / "warehouse_db_password").read_text()
             sql = f"ALTER ROLE warehouse PASSWORD '{back}'"
             compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
-            no_secrets = {"SECRETS_DIR": str(work / "no-such-folder")}
-            compose("ps", **no_secrets)
-            compose("logs", "--tail", "1", "api", **no_secrets)
+            compose("ps", SECRETS_DIR=str(work / "no-such-folder"))
+            compose("logs", "--tail", "1", "api", SECRETS_DIR=str(work / "no-such-folder"))
         with phase("the Temporal UI's codec and a screenshot", times):
             order = report["first_order"]
             decoded = decoded_input(order, ops_token)

@@ -224,11 +224,13 @@ async def cancel_order(
             extra=fields,
         )
         return Response(status_code=200)
+    # "this call": a later request answered with the first one's receipt names itself here,
+    # while the order (its view) keeps the request it confirmed.
     log.info(
         "order %s canceled (receipt %s%s)",
         receipt.order_id,
         receipt.receipt,
-        f", {named}" if named else "",
+        f"; this call: {named}" if named else "",
         extra=fields,
     )
     return JSONResponse(ResponseOrderId.model_validate(receipt.model_dump()).model_dump())
