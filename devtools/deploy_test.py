@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from devtools import standins
+from devtools import standins, ui_pictures
 from devtools.system_packages import ensure
 from workflows import ids
 
@@ -224,7 +224,7 @@ class Compose:
             ),
         }
 
-    def __call__(self, *args: str, timeout: float = 600, **env: str) -> str:
+    def __call__(self, *args: str, timeout: float = 600, **env: Any) -> str:
         command = [
             "docker",
             "compose",
@@ -382,7 +382,7 @@ def alert_state(name: str) -> str | None:
 # --- the codec and the UI -------------------------------------------------------------------------
 
 
-def decoded_input(order_id: str, ops_token: str) -> dict[str, Any]:
+def decoded_input(order_id: str) -> dict[str, Any]:
     """The order's first event's input, fetched from Temporal (encrypted) and decoded by the
     codec endpoint as the UI calls it: from the UI's origin, with the UI's headers."""
     temporal = str(ROOT / ".venv" / "bin" / "temporal")
@@ -440,19 +440,11 @@ def screenshot(order_id: str, path: Path, shows: str) -> Path:
     through the codec endpoint). Driven over the DevTools protocol: the page keeps polling, so
     `--screenshot` alone never sees it settle."""
     url = f"{UI}/namespaces/default/workflows/{ids.workflow_id(order_id)}"
-    chromium = ensure("chromium", "chromium")
     with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                ui_pictures.chromium(),
+                *ui_pictures.HEADLESS,
                 "--hide-scrollbars",
                 "--remote-debugging-port=0",
                 f"--user-data-dir={profile}",
@@ -520,228 +512,220 @@ async def _shoot(socket_url: str, url: str, shows: str) -> bytes:
 # --- the run ---------------------------------------------------------------------------------
 
 
+class Trial:
+    """One run of the deployment: each phase a method, in the order `PHASES` gives."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="deploy-test-"))
+        self.secrets_dir = self.work / "secrets"
+        # A folder with no secret in it: ps, logs and down must not need one.
+        self.no_secrets = str(self.work / "no-such-folder")
+        self.compose = Compose(self.secrets_dir, "deploy-test-1")
+        self.http = vtex()
+        self.report: dict[str, Any] = {}
+
+    def up(self, *args: str, wait: int = 120, **env: Any) -> None:
+        """`docker compose up -d` of the image already built, until healthy."""
+        self.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", str(wait), *args, **env)
+
+    def docker_engine_and_compose(self) -> None:
+        ensure_docker()
+
+    def stand_in_images(self) -> None:
+        standins.build(say=lambda line: say(line.strip()))
+
+    def connector_image(self) -> None:
+        """Offline, from uv.lock's wheels; a decoy .env (a seller's holds credentials) in the
+        build context must not reach the image."""
+        wheelhouse()
+        decoy = ROOT / ".env"
+        made_decoy = not decoy.exists()
+        if made_decoy:
+            decoy.write_text("SELLER_APP_TOKEN=must-not-reach-the-image\n")
+        try:
+            build_image("deploy-test-1")
+        finally:
+            if made_decoy:
+                decoy.unlink()
+        self.report["image"] = image_report("deploy-test-1")
+        say(f"image: {self.report['image']}")
+
+    def secrets(self) -> None:
+        keys = {"SELLER_APP_KEY": APP_KEY, "SELLER_APP_TOKEN": APP_TOKEN}
+        env = os.environ | {"SECRETS_DIR": str(self.secrets_dir)} | keys
+        run("sh", "deploy/make-secrets.sh", env=env)
+
+    def compose_up_every_service_healthy(self) -> None:
+        self.compose("down", "-v", "--remove-orphans")  # a run interrupted before
+        self.up(wait=240)
+        wait_for("every service healthy", lambda: all_healthy(self.compose) is True or None, 120)
+        table = "table {{.Service}}\t{{.Status}}"
+        say("services:\n" + self.compose("ps", "-a", "--format", table))
+
+    def orders_placed_dispatched_cancelled_the_invoice_received(self) -> None:
+        anonymous = httpx.post(f"{API}/pvt/orders", json=[placement("DT-nokey-01")], timeout=10)
+        if anonymous.status_code != 401:
+            raise Failed(f"a placement without VTEX's credentials: {anonymous.status_code}")
+        for surface in ("/metrics", "/docs", "/openapi.json"):
+            if self.http.get(surface).status_code != 404:
+                raise Failed(f"the VTEX-facing port serves {surface}")
+        if httpx.get(f"{OPS}/metrics", timeout=10).status_code != 401:
+            raise Failed("the ops listener serves /metrics without OPS_TOKEN")
+        dispatched = place_and_dispatch(self.http, 3, "DT-ok-")
+        canceled = f"DT-cancel-{uuid.uuid4().hex[:8]}-01"
+        post(self.http, "/pvt/orders", [placement(canceled)])
+        cancel = f"/pvt/orders/{ids.seller_order_id(canceled)}/cancel"
+        post(self.http, cancel, {"marketplaceOrderId": canceled})
+        wait_all(self.http, dispatched, "invoiced")
+        wait_all(self.http, [canceled], "canceled")
+        received = lambda: all(invoices_received(order) for order in dispatched)  # noqa: E731
+        wait_for("the invoice at the fake marketplace", received, 60)
+        self.report["first_order"] = dispatched[0]
+
+    def prometheus_the_api_and_3_workers_up(self) -> None:
+        wait_for("api target up", lambda: targets_up("api") == 1, 90, every=2)
+        wait_for("3 worker targets up", lambda: targets_up("worker") == 3, 90, every=2)
+
+    def scale_to_5_workers_and_back_to_3(self) -> None:
+        for count in (5, 3):
+            self.up("--no-recreate", "--scale", f"worker={count}")
+            up = lambda count=count: targets_up("worker") == count  # noqa: E731
+            wait_for(f"{count} worker targets up", up, 90, every=2)
+
+    def docker_kill_of_a_worker_mid_step_the_dead_worker_alert(self) -> None:
+        # The alert may be pending from the start (workers not all scraped yet): it must clear
+        # first, so that what follows is the kill's doing.
+        wait_for("no WorkerDown alert", lambda: alert_state("WorkerDown") is None, 90, every=2)
+        in_flight = place_and_dispatch(self.http, 6, "DT-kill-")
+        victim = self.compose.containers("worker")[0]
+        time.sleep(2)  # a step (FULFILLMENT_STEP_SECONDS, 2 s) under way on every worker
+        run("docker", "kill", victim)
+        say(f"killed worker container {victim[:12]}")
+        wait_all(self.http, in_flight, "invoiced", timeout=240)
+        wait_for("WorkerDown pending or firing", lambda: alert_state("WorkerDown"), 90, every=2)
+        self.report["worker_down_alert"] = alert_state("WorkerDown")
+        self.up()
+        wait_for("3 worker targets up again", lambda: targets_up("worker") == 3, 90, every=2)
+
+    def upgrade_while_orders_are_in_flight_workers_first(self) -> None:
+        new_id = build_image("deploy-test-2", "connector.build=2")
+        in_flight = place_and_dispatch(self.http, 6, "DT-upgrade-")
+        self.up("--no-deps", "worker", wait=180, CONNECTOR_TAG="deploy-test-2")
+        if self.image_of(self.compose.containers("api")[0]) == new_id:
+            raise Failed("the API was upgraded with the workers")
+        self.up("--no-deps", "api", CONNECTOR_TAG="deploy-test-2")
+        self.compose.env["CONNECTOR_TAG"] = "deploy-test-2"
+        for container in self.compose.containers("worker") + self.compose.containers("api"):
+            if self.image_of(container) != new_id:
+                raise Failed(f"{container[:12]} does not run the new image")
+        self.http = vtex()
+        wait_all(self.http, in_flight, "invoiced", timeout=240)
+
+    @staticmethod
+    def image_of(container: str) -> str:
+        return run("docker", "inspect", "-f", "{{.Image}}", container).strip()
+
+    def a_rotated_password_survives_db_init_ps_and_logs_need_no_secret(self) -> None:
+        def as_superuser(sql: str) -> None:
+            self.compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
+
+        rotated = "rotated-" + uuid.uuid4().hex
+        as_superuser(f"ALTER ROLE warehouse PASSWORD '{rotated}'")
+        self.compose("run", "--rm", "db-init")  # as every `up` runs it
+        login = ["exec", "-T", "-e", f"PGPASSWORD={rotated}", "postgresql", "psql", "-h"]
+        self.compose(*login, "127.0.0.1", "-U", "warehouse", "-d", "warehouse", "-c", "SELECT 1")
+        back = (self.secrets_dir / "warehouse_db_password").read_text()
+        as_superuser(f"ALTER ROLE warehouse PASSWORD '{back}'")
+        self.compose("ps", SECRETS_DIR=self.no_secrets)
+        self.compose("logs", "--tail", "1", "api", SECRETS_DIR=self.no_secrets)
+
+    def the_temporal_uis_codec_and_a_screenshot(self) -> None:
+        order = self.report["first_order"]
+        decoded = decoded_input(order)
+        if order not in json.dumps(decoded):
+            raise Failed(f"the decoded input does not name {order}: {str(decoded)[:300]}")
+        self.report["decoded_fields"] = sorted(decoded)[:12]
+        # In the order's input only, so on the page only once the codec decoded it.
+        target = Path(self.args.screenshot) if self.args.screenshot else self.work / "ui.png"
+        self.report["screenshot"] = str(screenshot(order, target, shows=ENDPOINT))
+
+    def compose_down_v(self) -> None:
+        """Down with no secret at hand, as an operator may run it; nothing left."""
+        self.compose(
+            "down",
+            "-v",
+            "--remove-orphans",
+            "--timeout",
+            "10",
+            timeout=300,
+            SECRETS_DIR=self.no_secrets,
+        )
+        label = f"label=com.docker.compose.project={PROJECT}"
+        left = [
+            *run("docker", "ps", "-aq", "--filter", label).split(),
+            *run("docker", "volume", "ls", "-q", "--filter", label).split(),
+            *run("docker", "network", "ls", "-q", "--filter", label).split(),
+        ]
+        if left:
+            raise Failed(f"compose down -v left {left}")
+
+
+PHASES: list[tuple[str, Callable[[Trial], None]]] = [
+    ("docker engine and compose", Trial.docker_engine_and_compose),
+    ("stand-in images", Trial.stand_in_images),
+    ("connector image (offline, from uv.lock's wheels)", Trial.connector_image),
+    ("secrets", Trial.secrets),
+    ("compose up, every service healthy", Trial.compose_up_every_service_healthy),
+    (
+        "orders placed, dispatched, cancelled; the invoice received",
+        Trial.orders_placed_dispatched_cancelled_the_invoice_received,
+    ),
+    ("Prometheus: the API and 3 workers up", Trial.prometheus_the_api_and_3_workers_up),
+    ("scale to 5 workers and back to 3", Trial.scale_to_5_workers_and_back_to_3),
+    (
+        "docker kill of a worker mid-step; the dead-worker alert",
+        Trial.docker_kill_of_a_worker_mid_step_the_dead_worker_alert,
+    ),
+    (
+        "upgrade while orders are in flight, workers first",
+        Trial.upgrade_while_orders_are_in_flight_workers_first,
+    ),
+    (
+        "a rotated password survives db-init; ps and logs need no secret",
+        Trial.a_rotated_password_survives_db_init_ps_and_logs_need_no_secret,
+    ),
+    ("the Temporal UI's codec and a screenshot", Trial.the_temporal_uis_codec_and_a_screenshot),
+]
+
+
 def deploy_test(args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase in order, timed; the report."""
+    trial = Trial(args)
     times: dict[str, float] = {}
-    report: dict[str, Any] = {"phases_seconds": times}
-    work = Path(tempfile.mkdtemp(prefix="deploy-test-"))
-    secrets_dir = work / "secrets"
-    compose = Compose(secrets_dir, "deploy-test-1")
+    trial.report["phases_seconds"] = times
     started = time.monotonic()
     try:
-        with phase("docker engine and compose", times):
-            ensure_docker()
-        with phase("stand-in images", times):
-            standins.build(say=lambda line: say(line.strip()))
-        with phase("connector image (offline, from uv.lock's wheels)", times):
-            wheelhouse()
-            # A seller's .env holds credentials: the image must never take it in.
-            decoy = ROOT / ".env"
-            made_decoy = not decoy.exists()
-            if made_decoy:
-                decoy.write_text("SELLER_APP_TOKEN=must-not-reach-the-image\n")
-            try:
-                build_image("deploy-test-1")
-            finally:
-                if made_decoy:
-                    decoy.unlink()
-            report["image"] = image_report("deploy-test-1")
-            say(f"image: {report['image']}")
-        with phase("secrets", times):
-            run(
-                "sh",
-                "deploy/make-secrets.sh",
-                env=os.environ
-                | {
-                    "SECRETS_DIR": str(secrets_dir),
-                    "SELLER_APP_KEY": APP_KEY,
-                    "SELLER_APP_TOKEN": APP_TOKEN,
-                },
-            )
-            ops_token = (secrets_dir / "ops_token").read_text()
-        with phase("compose up, every service healthy", times):
-            compose("down", "-v", "--remove-orphans")  # a run interrupted before
-            compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "240", timeout=400)
-            wait_for("every service healthy", lambda: all_healthy(compose) is True or None, 120)
-            say("services:\n" + compose("ps", "-a", "--format", "table {{.Service}}\t{{.Status}}"))
-        http = vtex()
-        with phase("orders placed, dispatched, cancelled; the invoice received", times):
-            unauthenticated = httpx.post(
-                f"{API}/pvt/orders", json=[placement("DT-nokey-01")], timeout=10
-            )
-            if unauthenticated.status_code != 401:
-                raise Failed(
-                    f"a placement without VTEX's credentials: {unauthenticated.status_code}"
-                )
-            for surface in ("/metrics", "/docs", "/openapi.json"):
-                if http.get(surface).status_code != 404:
-                    raise Failed(f"the VTEX-facing port serves {surface}")
-            if httpx.get(f"{OPS}/metrics", timeout=10).status_code != 401:
-                raise Failed("the ops listener serves /metrics without OPS_TOKEN")
-            dispatched = place_and_dispatch(http, 3, "DT-ok-")
-            canceled = f"DT-cancel-{uuid.uuid4().hex[:8]}-01"
-            post(http, "/pvt/orders", [placement(canceled)])
-            post(
-                http,
-                f"/pvt/orders/{ids.seller_order_id(canceled)}/cancel",
-                {"marketplaceOrderId": canceled},
-            )
-            wait_all(http, dispatched, "invoiced")
-            wait_all(http, [canceled], "canceled")
-            wait_for(
-                "the invoice at the fake marketplace",
-                lambda: all(invoices_received(o) for o in dispatched),
-                60,
-            )
-            report["first_order"] = dispatched[0]
-        with phase("Prometheus: the API and 3 workers up", times):
-            wait_for("api target up", lambda: targets_up("api") == 1, 90, every=2)
-            wait_for("3 worker targets up", lambda: targets_up("worker") == 3, 90, every=2)
-        with phase("scale to 5 workers and back to 3", times):
-            compose(
-                "up",
-                "-d",
-                "--no-build",
-                "--no-recreate",
-                "--scale",
-                "worker=5",
-                "--wait",
-                "--wait-timeout",
-                "120",
-            )
-            wait_for("5 worker targets up", lambda: targets_up("worker") == 5, 90, every=2)
-            compose(
-                "up",
-                "-d",
-                "--no-build",
-                "--no-recreate",
-                "--scale",
-                "worker=3",
-                "--wait",
-                "--wait-timeout",
-                "120",
-            )
-            wait_for("3 worker targets up", lambda: targets_up("worker") == 3, 90, every=2)
-        with phase("docker kill of a worker mid-step; the dead-worker alert", times):
-            # The alert may be pending from the start (workers not all scraped yet): it must
-            # clear first, so that what follows is the kill's doing.
-            wait_for("no WorkerDown alert", lambda: alert_state("WorkerDown") is None, 90, every=2)
-            in_flight = place_and_dispatch(http, 6, "DT-kill-")
-            victim = compose.containers("worker")[0]
-            time.sleep(2)  # a step (FULFILLMENT_STEP_SECONDS, 2 s) under way on every worker
-            run("docker", "kill", victim)
-            say(f"killed worker container {victim[:12]}")
-            wait_all(http, in_flight, "invoiced", timeout=240)
-            wait_for("WorkerDown pending or firing", lambda: alert_state("WorkerDown"), 90, every=2)
-            report["worker_down_alert"] = alert_state("WorkerDown")
-            compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "120")
-            wait_for("3 worker targets up again", lambda: targets_up("worker") == 3, 90, every=2)
-        with phase("upgrade while orders are in flight, workers first", times):
-            new_id = build_image("deploy-test-2", "connector.build=2")
-            in_flight = place_and_dispatch(http, 6, "DT-upgrade-")
-            compose(
-                "up",
-                "-d",
-                "--no-build",
-                "--no-deps",
-                "--wait",
-                "--wait-timeout",
-                "180",
-                "worker",
-                CONNECTOR_TAG="deploy-test-2",
-            )
-            api_image = run(
-                "docker", "inspect", "-f", "{{.Image}}", compose.containers("api")[0]
-            ).strip()
-            if api_image == new_id:
-                raise Failed("the API was upgraded with the workers")
-            compose(
-                "up",
-                "-d",
-                "--no-build",
-                "--no-deps",
-                "--wait",
-                "--wait-timeout",
-                "120",
-                "api",
-                CONNECTOR_TAG="deploy-test-2",
-            )
-            compose.env["CONNECTOR_TAG"] = "deploy-test-2"
-            for container in compose.containers("worker") + compose.containers("api"):
-                if run("docker", "inspect", "-f", "{{.Image}}", container).strip() != new_id:
-                    raise Failed(f"{container[:12]} does not run the new image")
-            http = vtex()
-            wait_all(http, in_flight, "invoiced", timeout=240)
-        with phase("a rotated password survives db-init; ps and logs need no secret", times):
-            rotated = "rotated-" + uuid.uuid4().hex
-            sql = f"ALTER ROLE warehouse PASSWORD '{rotated}'"
-            compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
-            compose("run", "--rm", "db-init")  # as every `up` runs it
-            check = ["exec", "-T", "-e", f"PGPASSWORD={rotated}", "postgresql", "psql", "-h"]
-            compose(*check, "127.0.0.1", "-U", "warehouse", "-d", "warehouse", "-c", "SELECT 1")
-            back = (secrets_dir / "warehouse_db_password").read_text()
-            sql = f"ALTER ROLE warehouse PASSWORD '{back}'"
-            compose("exec", "-T", "postgresql", "psql", "-q", "-U", "postgres", "-c", sql)
-            compose("ps", SECRETS_DIR=str(work / "no-such-folder"))
-            compose("logs", "--tail", "1", "api", SECRETS_DIR=str(work / "no-such-folder"))
-        with phase("the Temporal UI's codec and a screenshot", times):
-            order = report["first_order"]
-            decoded = decoded_input(order, ops_token)
-            if order not in json.dumps(decoded):
-                raise Failed(f"the decoded input does not name {order}: {str(decoded)[:300]}")
-            report["decoded_fields"] = sorted(decoded)[:12]
-            # In the order's input only, so on the page only once the codec decoded it.
-            target = Path(args.screenshot) if args.screenshot else work / "ui-order.png"
-            report["screenshot"] = str(screenshot(order, target, shows=ENDPOINT))
+        for name, step in PHASES:
+            with phase(name, times):
+                step(trial)
     except BaseException:
         say("FAILED; the services' last log lines:")
         try:
-            print(compose("logs", "--no-color", "--tail", "40", timeout=60)[-20000:], flush=True)
+            print(trial.compose("logs", "--no-color", "--tail", "40", timeout=60)[-20000:])
         except Failed as err:
             print(err)
         raise
     finally:
         if args.keep:
-            say(
-                f"kept running: docker compose -p {PROJECT} -f docker-compose.yml -f {OVERRIDE} ..."
-            )
+            say(f"kept running: docker compose -p {PROJECT} -f docker-compose.yml -f {OVERRIDE}")
         else:
             with phase("compose down -v", times):
-                # With no secret at hand, as an operator may run it.
-                no_secrets = str(work / "no-such-folder")
-                compose(
-                    "down",
-                    "-v",
-                    "--remove-orphans",
-                    "--timeout",
-                    "10",
-                    timeout=300,
-                    SECRETS_DIR=no_secrets,
-                )
-                left = run(
-                    "docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"
-                ).split()
-                left += run(
-                    "docker",
-                    "volume",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    f"label=com.docker.compose.project={PROJECT}",
-                ).split()
-                left += run(
-                    "docker",
-                    "network",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    f"label=com.docker.compose.project={PROJECT}",
-                ).split()
-                if left:
-                    raise Failed(f"compose down -v left {left}")
-            shutil.rmtree(work, ignore_errors=True)
+                trial.compose_down_v()
+            shutil.rmtree(trial.work, ignore_errors=True)
             shutil.rmtree(ROOT / "wheels", ignore_errors=True)
     times["total"] = round(time.monotonic() - started, 1)
-    return report
+    return trial.report
 
 
 def main() -> None:

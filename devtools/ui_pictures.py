@@ -15,29 +15,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from devtools.system_packages import ensure
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Headless Chromium as root on a machine that reaches no other network: no sandbox (root), and none
+# of its background connections (refused here, many at a time).
+HEADLESS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
     """Debian's Chromium, installed with apt-get when missing."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    print("installing Debian's chromium with apt-get (once)...", flush=True)
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
-    found = shutil.which("chromium")
-    if not found:
-        sys.exit("chromium is still missing after apt-get install chromium")
-    return found
+    return ensure("chromium", "chromium")
 
 
 def screenshot(browser: str, url: str, target: Path, size: str = "1400,900") -> None:
@@ -46,14 +50,7 @@ def screenshot(browser: str, url: str, target: Path, size: str = "1400,900") -> 
         subprocess.run(
             [
                 browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS,
                 f"--user-data-dir={profile}",
                 f"--window-size={size}",
                 "--virtual-time-budget=15000",
