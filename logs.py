@@ -63,7 +63,8 @@ class OrderIds(logging.Filter):
 
 
 # Characters that would end or break a text log line: C0 and C1 controls, Unicode's line breaks.
-_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A backslash too, so that a quoted "\n" (two characters) is not read as an escaped line break.
+_LINE_BREAKERS = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(match: re.Match[str]) -> str:

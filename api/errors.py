@@ -104,6 +104,11 @@ MAX_BODY_BYTES = 1024 * 1024
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     """The body's JSON (parse_json), read only up to `limit` bytes: a larger one is refused
     before it is held in memory, whether it says its size (`Content-Length`) or streams it."""
+    return parse_json(await read_body(request, limit), request.headers.get("content-type"))
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body's bytes, read only up to `limit` (413 beyond)."""
     too_large = ApiError(413, "PayloadTooLarge", f"the body is over {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -114,7 +119,7 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    return parse_json(b"".join(chunks), request.headers.get("content-type"))
+    return b"".join(chunks)
 
 
 def parse_json(raw: bytes, content_type: str | None) -> Any:

@@ -415,13 +415,13 @@ def _echoed_item(item: PlacementItem) -> PlacementItem:
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def printable(value: object) -> str | None:
-    """A cancellation's request id or date as the order keeps it: text, its unprintable
-    characters made spaces, cut to MAX_SHORT_TEXT. Never a refusal: the marketplace retries a
-    refused cancellation with the same body forever, and the order only records these."""
+def printable(value: object, limit: int = MAX_SHORT_TEXT) -> str | None:
+    """A text the order only records (a cancellation's request id, date, reason, requester) as
+    it keeps it: text, its unprintable characters made spaces, cut to `limit`. Never a refusal:
+    the marketplace retries a refused dispatch or cancellation with the same body forever."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    return UNPRINTABLE.sub(" ", str(value))[:MAX_SHORT_TEXT]
+    return UNPRINTABLE.sub(" ", str(value))[:limit]
 
 
 class RequestOrderId(VtexModel):
@@ -440,7 +440,7 @@ class RequestOrderId(VtexModel):
     # as sent; no cancellation is refused over how its id or date is written.
     cancellation_request_id: str | None = None
     cancellation_request_date: str | None = None
-    reason: Text | None = None
+    reason: str | None = None
     # VTEX sends whether the shopper asked (true/false); some marketplaces send who asked.
     requested_by_user: bool | str | None = None
     # Read by nothing here (the marketplace settles payments; a dispatch or cancellation does not
@@ -454,14 +454,15 @@ class RequestOrderId(VtexModel):
     def _printable(cls, value: object) -> str | None:
         return printable(value)
 
-    @field_validator("requested_by_user")
+    @field_validator("reason", mode="before")
     @classmethod
-    def _who_is_short(cls, value: bool | str | None) -> bool | str | None:
-        # Checked here rather than as a bounded str in the union: a union's error would name
-        # each of its members (`requestedByUser.bool`) instead of the field.
-        if isinstance(value, str) and len(value) > MAX_SHORT_TEXT:
-            raise ValueError(f"String should have at most {MAX_SHORT_TEXT} characters")
-        return value
+    def _reason(cls, value: object) -> str | None:
+        return printable(value, MAX_TEXT)
+
+    @field_validator("requested_by_user", mode="before")
+    @classmethod
+    def _who(cls, value: object) -> bool | str | None:
+        return value if isinstance(value, bool) else printable(value)
 
 
 class ResponseOrderId(VtexModel):

@@ -91,7 +91,8 @@ class JwtVerifier:
             key = self._jwks.get_signing_key_from_jwt(token)
         except jwt.InvalidTokenError as err:
             raise unauthorized(f"the bearer token is not a JWT: {err}") from err
-        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError) as err:
+        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError, OSError) as err:
+            # OSError: a connection the IdP cut mid-answer, which PyJWT does not wrap.
             # The IdP's fault (or CODEC_JWKS_URL's), not the caller's: retry later.
             log.warning("codec: the JWKS at %s cannot be read: %s", self._jwks_url, err)
             self._unreadable_until = time.monotonic() + JWKS_RETRY_SECONDS
@@ -107,7 +108,9 @@ class JwtVerifier:
                 issuer=self._issuer,
                 options={"require": ["exp", "aud"]},
             )
-        except jwt.PyJWTError as err:
+        except (jwt.PyJWTError, TypeError, ValueError) as err:
+            # TypeError/ValueError: a header's algorithm of another family than the key its kid
+            # names (RS256 on an EC key), which PyJWT reports as a key it cannot read.
             raise unauthorized(f"the JWT is refused: {err}") from err
 
     async def check(self, token: str) -> None:

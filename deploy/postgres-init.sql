@@ -5,8 +5,9 @@
 
 -- The passwords, read from compose's secret files by psql itself: never on a command line, where
 -- `ps` would show them.
-\set temporal_password `cat /run/secrets/temporal_db_password`
-\set warehouse_password `cat /run/secrets/warehouse_db_password`
+-- Line breaks dropped, as every other reader of these files does.
+\set temporal_password `tr -d '\r\n' < /run/secrets/temporal_db_password`
+\set warehouse_password `tr -d '\r\n' < /run/secrets/warehouse_db_password`
 
 SELECT format('CREATE ROLE temporal LOGIN PASSWORD %L', :'temporal_password')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'temporal') \gexec

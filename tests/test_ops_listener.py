@@ -671,3 +671,20 @@ async def test_the_codec_takes_a_bounded_number_of_payloads(ports: Ports) -> Non
     assert_error(refused, 400, "InvalidRequest")
     assert "at most 1000 payloads" in refused.json()["error"]["message"]
     assert taken.status_code == 200 and len(taken.json()["payloads"]) == 1000
+
+
+async def test_a_jwt_whose_algorithm_does_not_fit_its_key_is_a_401_not_a_500(
+    ports: Ports,
+) -> None:
+    # The kids are public in the JWKS: an ES256 header naming the RSA key, with no signature
+    # at all, reached PyJWT as a key it could not read (a TypeError, answered 500).
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "ES256", "kid": KID, "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"aud": AUDIENCE, "exp": int(time.time()) + 60}).encode())
+    token = f"{header}.{claims}.{b64(b'not a signature')}"
+
+    answer = await ports.ops.post("/codec/decode", json=plain_payloads("x"), headers=bearer(token))
+
+    assert_error(answer, 401, "Unauthorized")
