@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # How long the API waits for the worker to accept a placement, dispatch or cancellation
     # before it answers 503 (the marketplace retries; the retry joins the same Temporal update).
     update_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A request whose body has not all arrived within this is answered 408 and its connection
+    # closed: a caller that declares more than it sends would otherwise hold it forever.
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0)
     # Cancellation "Evaluate" bound: past it the API answers 200 with an empty body.
     cancel_confirm_seconds: float = Field(default=2.0, gt=0)
     # Put in the placement answer as followUpEmail when set.

@@ -7,6 +7,7 @@ marketplace retries; nothing a client sends can produce a 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -99,6 +100,8 @@ def field_path(loc: Sequence[Any]) -> str:
 
 # No body is read beyond this size: a larger one is refused before it is held in memory.
 MAX_BODY_BYTES = 1024 * 1024
+# REQUEST_BODY_TIMEOUT_SECONDS's default, for an app without settings.
+DEFAULT_BODY_TIMEOUT = 30.0
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -108,17 +111,30 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body's bytes, read only up to `limit` (413 beyond)."""
+    """The body's bytes, read only up to `limit` (413 beyond) and within the app's
+    REQUEST_BODY_TIMEOUT_SECONDS (408 beyond, and the connection closed)."""
     too_large = ApiError(413, "PayloadTooLarge", f"the body is over {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
+    settings = getattr(request.app.state, "settings", None)
+    seconds = settings.request_body_timeout_seconds if settings else DEFAULT_BODY_TIMEOUT
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError as err:
+        raise ApiError(
+            408,
+            "RequestTimeout",
+            f"the body did not arrive within {seconds:g} s ({size} of "
+            f"{declared or 'an unknown number of'} bytes)",
+            headers={"Connection": "close"},
+        ) from err
     return b"".join(chunks)
 
 
