@@ -17,6 +17,27 @@ from devtools.fake_marketplace import RunningFakeMarketplace, serve_fake_marketp
 from devtools.serving import serve_asgi
 from worker import run_worker
 
+# How long a worker may take to poll its task queue before the stack gives up on it.
+WORKER_START_SECONDS = 30.0
+
+
+async def _polling(worker: asyncio.Task[None], ready: asyncio.Event, seconds: float) -> None:
+    """Return once the worker polls; raise at once the error that stopped it first (e.g. a
+    warehouse it could not build), or TimeoutError after `seconds`."""
+    polling = asyncio.ensure_future(ready.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {polling, worker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        polling.cancel()
+    if polling in done:
+        return
+    if worker in done:
+        worker.result()  # its error
+        raise RuntimeError("the worker stopped before it polled its task queue")
+    raise TimeoutError(f"the worker did not poll its task queue within {seconds:g} s")
+
 
 @dataclass
 class LocalStack:
@@ -43,7 +64,7 @@ async def local_stack(client: Client, settings: Settings) -> AsyncIterator[Local
             )
         worker = asyncio.create_task(run_worker(settings, client, stop, ready))
         try:
-            await asyncio.wait_for(ready.wait(), 30)
+            await _polling(worker, ready, WORKER_START_SECONDS)
             api = create_app(settings, client=client)
             async with serve_asgi(api) as api_url, serve_asgi(create_ops_app(api)) as ops_url:
                 yield LocalStack(api_url=api_url, ops_url=ops_url, marketplace=marketplace)
