@@ -100,8 +100,6 @@ def field_path(loc: Sequence[Any]) -> str:
 
 # No body is read beyond this size: a larger one is refused before it is held in memory.
 MAX_BODY_BYTES = 1024 * 1024
-# REQUEST_BODY_TIMEOUT_SECONDS's default, for an app without settings.
-DEFAULT_BODY_TIMEOUT = 30.0
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -117,8 +115,8 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
-    settings = getattr(request.app.state, "settings", None)
-    seconds = settings.request_body_timeout_seconds if settings else DEFAULT_BODY_TIMEOUT
+    # Both apps keep the settings in their state (the ops app shares the VTEX app's).
+    seconds = request.app.state.settings.request_body_timeout_seconds
     chunks, size = [], 0
     try:
         async with asyncio.timeout(seconds):

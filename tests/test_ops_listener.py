@@ -561,20 +561,29 @@ async def test_the_codec_answers_503_while_the_jwks_cannot_be_read(tmp_path: Pat
     assert metrics.status_code == 200
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
-async def test_a_signal_stops_both_listeners(tmp_path: Path, stop: str) -> None:
-    api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], {})
-    await asyncio.to_thread(api.start)
+async def both_listening(api: Process) -> int:
+    """Once `api` (a lone_process, ready when its ops listener answers) listens on its VTEX
+    port too, which starts beside it: that port."""
     api_port = int(api.env["API_PORT"])
-    # Ready means the ops listener answers; the VTEX one starts beside it.
     deadline = time.monotonic() + 20
     while not listening(api_port) and time.monotonic() < deadline:  # noqa: ASYNC110 - a port
         await asyncio.sleep(0.1)
     assert listening(api_port) and listening(int(api.env["OPS_PORT"]))
-    assert api.popen is not None
+    return api_port
 
-    api.popen.send_signal(getattr(signal, stop))
-    code = await asyncio.to_thread(api.popen.wait, 20)
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+async def test_a_signal_stops_both_listeners(tmp_path: Path, stop: str) -> None:
+    api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], {})
+    try:
+        await asyncio.to_thread(api.start)
+        api_port = await both_listening(api)
+        assert api.popen is not None
+
+        api.popen.send_signal(getattr(signal, stop))
+        code = await asyncio.to_thread(api.popen.wait, 20)
+    finally:
+        api.terminate()  # a failed assertion above must not leave it running
 
     assert code == 0, api.log_tail()
     assert not listening(api_port) and not listening(int(api.env["OPS_PORT"]))

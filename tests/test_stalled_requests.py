@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.processes import HOST, listening
-from tests.test_ops_listener import PYTHON, lone_process
+from devtools.processes import HOST
+from tests.test_ops_listener import PYTHON, both_listening, lone_process
 
 BODY_TIMEOUT = 1.5
 
@@ -48,11 +48,7 @@ async def test_a_stalled_body_is_a_408_and_its_connection_closed(tmp_path: Path,
     api = lone_process(tmp_path, "api", [PYTHON, "-m", "api"], env)
     try:
         await asyncio.to_thread(api.start)
-        port = int(api.env["API_PORT"])
-        # Ready means the ops listener answers; the VTEX one starts beside it.
-        deadline = time.monotonic() + 20
-        while not listening(port) and time.monotonic() < deadline:  # noqa: ASYNC110 - a port
-            await asyncio.sleep(0.1)
+        port = await both_listening(api)
         answer, took, closed = await asyncio.to_thread(stalled_call, port, path)
     finally:
         api.terminate()
