@@ -110,6 +110,11 @@ RESERVATION_IN_THE_FIRST_TASK = "reservation-in-the-first-task"
 # for its invoice (not twice each). A happy path of 59 events, not 64. Any patch added after this
 # one is asked as usual (workflow.patched).
 FEWER_EVENTS = "fewer-events"
+# Asked once, when the order starts (like FEWER_EVENTS): operators' actions (resend, retry now,
+# stop tracking), marketplace sends bounded in time and then waiting for an operator, the memo
+# GET reads while no worker answers, a failing reservation shown in the order. One flag, so that
+# an order takes all of it or none of it.
+OPERATORS_IN_CONTROL = "operators-in-control"
 
 # A parcel the carrier has not delivered within 60 days, or by the time the order's history has
 # 20,000 events (a poll costs about 14; Temporal ends a workflow at 51,200), is left to people:
@@ -212,6 +217,7 @@ class OrderWorkflow:
         # Asked here, at the start, and nowhere else: an order started before it replays its
         # first task with False, and so keeps asking the older patches as it did.
         self._fewer_events = workflow.patched(FEWER_EVENTS)
+        self._in_control = workflow.patched(OPERATORS_IN_CONTROL)
         # The search attributes as Temporal has them, so that only changes are upserted. An order
         # on this code counts those it was started with (the API gives them); an order whose
         # first task ran on older code upserted them all there, whatever its start carried (an
