@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     # late calls are answered by the order itself: e.g. a cancellation of an invoiced order resends
     # the invoice. Calls after that are answered from the closed workflow's state.
     late_call_window: str = "1d"
+    # How long an order retries each call to the marketplace (the invoice, its tracking, the
+    # parcel's statuses, a seller's cancellation) before it shows `attention` and waits for an
+    # operator's resend. Read by the API at placement: each order keeps the bound it was placed
+    # with.
+    marketplace_retry_for: str = "1d"
 
     # Outbound calls to the marketplace (invoice, tracking)
     # Hosts a placement's marketplaceServicesEndpoint may name; `*.example.com` matches its
@@ -215,6 +220,7 @@ class Settings(BaseSettings):
     @field_validator(
         "default_lock_ttl",
         "late_call_window",
+        "marketplace_retry_for",
         "change_notification_debounce",
         "carrier_delivery_time",
         "tracking_poll_interval",

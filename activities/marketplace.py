@@ -21,15 +21,15 @@ from workflows.messages import CamelModel, Tracking
 if TYPE_CHECKING:
     from config import Settings
 
-# Statuses worth another try, besides every 5xx: the marketplace is overloaded or restarting
-# (408, 425, 429), does not know the order yet or is busy with it (404, 409), or refuses our
-# credentials until ops fix them (401, 403). None of these is fixed by changing what is sent, so
-# the same call is sent again, each attempt and its error visible in GET /pvt/orders/{orderId}.
-# Any other 4xx says the request itself is wrong, and sending it again cannot help.
-RETRYABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
-# A change notification's 404 says the marketplace does not know the SKU (it has not approved it
-# yet): that lasts, and another try cannot change it.
-NOTIFICATION_RETRYABLE_STATUSES = RETRYABLE_STATUSES - {404}
+# Every answer but a 2xx is a failed delivery and is sent again, with backoff, for as long as
+# workflows/policies.py's bound: a redirect may be a maintenance page for a minute, a 400 a
+# marketplace being redeployed, a 401 credentials ops are fixing. Webhook senders (payment
+# providers, marketplaces) treat them alike. Each attempt and its status show in the order's
+# `pendingCalls` and in the Temporal UI. One exception, for change notifications only: VTEX
+# documents their 404 as "the marketplace does not know this SKU" (not approved yet), an answer
+# that lasts; sent again every minute for a day, every change of every such SKU would cost 1,440
+# calls.
+NOTIFICATION_ANSWERS = frozenset({404})
 
 
 class InvoiceNotice(CamelModel):
@@ -89,8 +89,7 @@ class MarketplaceAnswer(CamelModel):
 
 
 class MarketplaceUnavailable(Exception):
-    """The marketplace did not answer, or answered one of RETRYABLE_STATUSES: retried by
-    Temporal."""
+    """The marketplace did not answer, or answered anything but a 2xx: retried by Temporal."""
 
 
 def marketplace_url(endpoint: str, *segments: str) -> str:
@@ -218,7 +217,7 @@ class MarketplaceClient:
             notice.sku,
             notice.kind,
         )
-        return await self._post(url, None, retryable=NOTIFICATION_RETRYABLE_STATUSES)
+        return await self._post(url, None, final=NOTIFICATION_ANSWERS)
 
     async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/cancel: the seller's own cancellation."""
@@ -237,10 +236,10 @@ class MarketplaceClient:
         self,
         url: str,
         body: dict[str, Any] | None,
-        retryable: frozenset[int] = RETRYABLE_STATUSES,
+        final: frozenset[int] = frozenset(),
     ) -> MarketplaceAnswer:
         try:
-            return await self._post_checked(url, body, retryable)
+            return await self._post_checked(url, body, final)
         except (MarketplaceUnavailable, ApplicationError) as err:
             _count_failure(err)
             raise
@@ -257,7 +256,7 @@ class MarketplaceClient:
             raise failure from err
 
     async def _post_checked(
-        self, url: str, body: dict[str, Any] | None, retryable: frozenset[int]
+        self, url: str, body: dict[str, Any] | None, final: frozenset[int]
     ) -> MarketplaceAnswer:
         try:
             checked = await self._hosts.check_when_sending(url)
@@ -279,26 +278,24 @@ class MarketplaceClient:
         except httpx.HTTPError as err:
             raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
-        if status >= 500 or status in retryable:
-            raise MarketplaceUnavailable(f"POST {url} answered {status}")
-        if 300 <= status < 400:
-            # Redirects are not followed: the credentials would go wherever `Location` says, and a
-            # POST may come back a GET. Only a 2xx is a delivery.
-            location = response.headers.get("location", "")[:200]
-            raise ApplicationError(
-                f"POST {url} answered {status} (redirect to {location or 'nowhere'}); "
-                "a marketplaceServicesEndpoint must be the final URL",
-                type="MarketplaceRedirected",
-                non_retryable=True,
-            )
-        if not 200 <= status < 300:
+        if status in final:
             # The status line only: the answer's body is the marketplace's (or whoever answered)
-            # and must not travel into the order's state and GET.
+            # and must not travel into the workflow's state.
             raise ApplicationError(
                 f"POST {url} answered {status} {response.reason_phrase}"[:300],
                 type="MarketplaceRejected",
                 non_retryable=True,
             )
+        if 300 <= status < 400:
+            # Not followed: the credentials would go wherever `Location` says, and a POST may come
+            # back a GET. Retried like any other answer that is not a delivery.
+            location = response.headers.get("location", "")[:200]
+            raise MarketplaceUnavailable(
+                f"POST {url} answered {status} (a redirect to {location or 'nowhere'}, not "
+                "followed: a marketplaceServicesEndpoint must be the final URL)"
+            )
+        if not 200 <= status < 300:
+            raise MarketplaceUnavailable(f"POST {url} answered {status} {response.reason_phrase}")
         try:
             answer = response.json()
         except ValueError:

@@ -34,6 +34,8 @@ CONFLICT_TYPES = frozenset(
         "OutOfStock",
         "ReservationFailed",
         "OrderAlreadyDispatched",
+        # An operator's action that makes no sense now (api/operator_actions.py).
+        "ActionRefused",
     }
 )
 

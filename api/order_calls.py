@@ -98,6 +98,7 @@ def order_input(placement: OrderPlacement, settings: Settings, received_at: date
         lock_ttl_seconds=lock_ttl.total_seconds(),
         late_call_window_seconds=parse_duration(settings.late_call_window).total_seconds(),
         tracking_poll_seconds=parse_duration(settings.tracking_poll_interval).total_seconds(),
+        marketplace_retry_seconds=parse_duration(settings.marketplace_retry_for).total_seconds(),
         placement_fingerprint=placement_fingerprint(placement),
     )
 

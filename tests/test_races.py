@@ -318,22 +318,6 @@ async def test_9_an_operator_cancel_during_a_marketplace_cancellation_tells_it_n
     assert stack.marketplace.calls(kind="cancel", marketplace_order_id=order_id) == []
 
 
-async def test_10_a_redirect_is_not_a_delivery(
-    temporal_env: WorkflowEnvironment, tmp_path: Path
-) -> None:
-    async with running_stack(temporal_env, tmp_path) as stack:
-        stack.marketplace.fail_next("invoice", 1, status=307)
-        order_id = new_order_id()
-        await stack.place(order_id)
-        await stack.dispatch(order_id)
-
-        order = await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["sendError"])
-
-        assert order["invoice"]["sentAt"] is None
-        assert "307" in order["invoice"]["sendError"]
-        assert "MarketplaceRedirected" in order["invoice"]["sendError"]
-
-
 @pytest.mark.parametrize(
     "body",
     [b"[" * 100_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000, b"[" * 40 + b"]" * 40],

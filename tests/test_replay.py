@@ -92,13 +92,18 @@ async def _operator_canceled_mid_step(stack: Stack) -> str:
     return order_id
 
 
-async def _invoice_refused_for_good(stack: Stack) -> str:
-    # Recorded with the search attributes (the `search-attributes` patch marker and upserts).
+async def _invoice_resent_by_an_operator(stack: Stack) -> str:
+    # Not taken within MARKETPLACE_RETRY_FOR (2 s here): the order waits for an operator's resend.
     order_id = new_order_id()
-    stack.marketplace.fail_next("invoice", 1, status=400)
+    stack.marketplace.fail_next("invoice", 1000, status=400)
     await stack.place(order_id)
     await stack.dispatch(order_id)
-    await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["sendError"])
+    await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["sendError"], within=20)
+    stack.marketplace.clear()
+    await stack.handle(order_id).execute_update(
+        "resend_invoice", {"by": "replay test"}, id="resend-1"
+    )
+    await stack.wait_for(order_id, lambda o: o["invoice"]["trackingSentAt"], within=20)
     return order_id
 
 
@@ -168,6 +173,7 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
         carrier_delivery_time="1s",
         seller_id="seller1",
         change_notification_debounce="1s",
+        marketplace_retry_for="2s",
     ) as stack:
         scenarios = {
             "invoiced_then_refused": _invoiced_then_refused,
@@ -176,7 +182,7 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "expired_then_canceled": _expired_then_canceled,
             "step_failed_for_good": _step_failed_for_good,
             "operator_canceled_mid_step": _operator_canceled_mid_step,
-            "invoice_refused_for_good": _invoice_refused_for_good,
+            "invoice_resent_by_an_operator": _invoice_resent_by_an_operator,
             "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
             "refused_for_stock": _refused_for_stock,
             "delivered_then_refused": _delivered_then_refused,

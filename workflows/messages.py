@@ -90,6 +90,9 @@ class OrderInput(CamelModel):
     # How often the invoiced order asks the carrier where its parcel is (TRACKING_POLL_INTERVAL);
     # 0: it does not follow it, and ends `invoiced` (orders placed before tracking existed).
     tracking_poll_seconds: float = 0.0
+    # How long each call to the marketplace is retried (MARKETPLACE_RETRY_FOR) before the order
+    # shows `attention` and waits for an operator's resend.
+    marketplace_retry_seconds: float = 86_400.0
 
 
 class PlaceRequest(CamelModel):
@@ -156,6 +159,37 @@ def cancellation_request_fields(request: NamesCancellationRequest) -> dict[str, 
         "cancellationRequestDate": request.cancellation_request_date,
     }
     return {name: value for name, value in fields.items() if value}
+
+
+class OperatorActionName(StrEnum):
+    """What an operator can ask of an order (a Workflow Update each, of the same name in
+    snake_case: `resend_invoice`, `retry_now`, `stop_tracking`)."""
+
+    RESEND_INVOICE = "resendInvoice"
+    RETRY_NOW = "retryNow"
+    STOP_TRACKING = "stopTracking"
+
+
+class OperatorRequest(CamelModel):
+    """An operator's action on an order: who asks (a person, or the tool acting for one) and why.
+
+    What the Temporal UI's "Send Update" takes as its input: `{"by": "ana", "reason": "..."}`.
+    """
+
+    by: str
+    reason: str | None = None
+
+
+class OperatorAction(CamelModel):
+    """An operator's action as the order records it, and the update's answer."""
+
+    action: OperatorActionName
+    by: str
+    reason: str | None = None
+    requested_at: datetime
+    # What the order did about it (`resending the invoice and the tracking`, ...), then how it
+    # ended when it ends later (`delivered at ...`, `failed: ...`).
+    outcome: str
 
 
 class OrderReceipt(CamelModel):
@@ -287,5 +321,7 @@ class OrderView(CamelModel):
     tracking: Tracking | None = None
     invoice: InvoiceView | None = None
     delivery: DeliveryView | None = None
+    # What operators asked of the order (resend, retry now, stop tracking), oldest first.
+    operator_actions: list[OperatorAction] = []
     # Filled in by the API from Temporal (the workflow cannot see its activities' retries).
     pending_calls: list[PendingCall] = []

@@ -34,7 +34,13 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    RetryState,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
@@ -61,6 +67,9 @@ with workflow.unsafe.imports_passed_through():
         DispatchRequest,
         FulfillmentStep,
         InvoiceView,
+        OperatorAction,
+        OperatorActionName,
+        OperatorRequest,
         OrderInput,
         OrderReceipt,
         OrderStatus,
@@ -73,7 +82,11 @@ with workflow.unsafe.imports_passed_through():
         cancellation_request_fields,
         cancellation_request_text,
     )
-    from workflows.policies import MARKETPLACE_CALL_TIMEOUT, MARKETPLACE_RETRY
+    from workflows.policies import (
+        MARKETPLACE_CALL_TIMEOUT,
+        MARKETPLACE_GIVES_UP_AFTER,
+        MARKETPLACE_RETRY,
+    )
 
 # A warehouse step may take hours in a real warehouse; a dead worker is noticed by the missed
 # heartbeats instead, after HEARTBEAT_TIMEOUT, and the step is retried on another worker. Every
@@ -123,10 +136,16 @@ OPERATORS_IN_CONTROL = "operators-in-control"
 TRACKING_GIVES_UP_AFTER = timedelta(days=60)
 TRACKING_HISTORY_LIMIT = 20_000
 MIN_TRACKING_POLL = timedelta(seconds=1)
-# A carrier or a marketplace that cannot answer for a day: given up until the next poll.
-TRACKING_CALL_GIVES_UP_AFTER = timedelta(days=1)
-# A delivered status the marketplace refuses for good this many times (one per poll): delivered
-# anyway, with `attention`.
+# A carrier or a marketplace that cannot answer for a day: given up until the next poll (for
+# the marketplace, the order's own bound when it has one: MARKETPLACE_RETRY_FOR).
+TRACKING_CALL_GIVES_UP_AFTER = MARKETPLACE_GIVES_UP_AFTER
+# The shortest bound a send can have: one attempt's timeout, and a retry.
+MIN_SEND_BOUND = timedelta(seconds=2)
+# Operator actions an order records at most: each is an event in its history.
+MAX_OPERATOR_ACTIONS = 100
+
+# A delivered status the marketplace refuses for good, or does not take within
+# MARKETPLACE_RETRY_FOR, this many times (one per poll): delivered anyway, with `attention`.
 DELIVERED_REPORT_TRIES = 3
 
 # The transitions counted in the `seller_orders` metric, by the name of their event.
@@ -165,6 +184,16 @@ def refused_for_good(err: BaseException) -> bool:
     than out of time or attempts for now."""
     cause = err.cause if isinstance(err, ActivityError) else err
     return isinstance(cause, ApplicationError) and cause.non_retryable
+
+
+def cancelled(err: BaseException) -> bool:
+    """Whether an activity ended because the workflow cancelled it: cancelled before or during an
+    attempt, or failed while its cancellation was asked (Temporal then retries it no more)."""
+    if isinstance(err, asyncio.CancelledError):
+        return True
+    return isinstance(err, ActivityError) and (
+        isinstance(err.cause, CancelledError) or err.retry_state == RetryState.CANCEL_REQUESTED
+    )
 
 
 def failure_text(err: BaseException) -> str:
@@ -229,8 +258,24 @@ class OrderWorkflow:
             }
             if self._published:
                 self._published.setdefault(search.FULFILLMENT_STEP.name, "")
-        # The invoice sent again to refuse a cancellation, running beside the order's life.
+        # The invoice sent again to refuse a cancellation, or at an operator's request once it
+        # was delivered, running beside the order's life.
         self._invoice_resend: asyncio.Task[None] | None = None
+        # Operators' actions (the `resend_invoice`, `retry_now` and `stop_tracking` updates).
+        self._operator_actions: list[OperatorAction] = []
+        # What the order waits on that `retry_now` can hurry: a call to the warehouse or the
+        # marketplace (possibly in its retry backoff), a pause before trying again, the next
+        # tracking poll. Each such wait restarts at once when this count changes.
+        self._waiting_on: list[str] = []
+        self._retries_asked = 0
+        # The life's invoice delivery: sending (a resend hurries it), or given up after
+        # MARKETPLACE_RETRY_FOR and waiting for an operator's resend (the action, once asked).
+        self._delivering_invoice = False
+        self._awaiting_resend = False
+        self._resend: OperatorAction | None = None
+        # While the order follows its parcel; `stop_tracking`'s action once an operator gave it up.
+        self._following_parcel = False
+        self._tracking_stopped: OperatorAction | None = None
 
     # ── The order's life ────────────────────────────────────────────────────────────────────
 
@@ -266,7 +311,10 @@ class OrderWorkflow:
         if self._status == OrderStatus.CANCELING:
             await self._compensate()
         if self._status == OrderStatus.INVOICED:
-            await self._notify_marketplace()
+            if self._in_control:
+                await self._deliver_invoice()
+            else:
+                await self._notify_marketplace()
             sent = self._invoice_view is not None and self._invoice_view.sent_at is not None
             # Only an invoice the marketplace took has a tracking status to post to.
             follows = sent and self._label is not None and self._order.tracking_poll_seconds > 0
@@ -402,22 +450,20 @@ class OrderWorkflow:
         self._current_step = step
         self._show()
         workflow.logger.info("order %s: %s started", self._order.order_id, step)
-        handle = workflow.start_activity_method(
-            activity,
-            self._warehouse_order,
-            start_to_close_timeout=STEP_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=WAREHOUSE_RETRY,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{step} {self._order.order_id}",
-        )
-        await workflow.wait_condition(
-            lambda: handle.done() or self._status != OrderStatus.FULFILLING
-        )
-        if not handle.done():
-            handle.cancel()
         try:
-            result = await handle
+            result = await self._call(
+                f"{step} {self._order.order_id}",
+                lambda: workflow.start_activity_method(
+                    activity,
+                    self._warehouse_order,
+                    start_to_close_timeout=STEP_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"{step} {self._order.order_id}",
+                ),
+                stop=lambda: self._status != OrderStatus.FULFILLING,
+            )
         except (ActivityError, asyncio.CancelledError) as err:
             stopped = self._status != OrderStatus.FULFILLING
             record.status = "cancelled" if stopped else "failed"
@@ -469,13 +515,17 @@ class OrderWorkflow:
         """
         while True:
             try:
-                invoice: Invoice = await workflow.execute_activity_method(
-                    FulfillmentActivities.issue_invoice,
-                    self._warehouse_order,
-                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=WAREHOUSE_RETRY,
-                    summary=f"invoice {self._order.order_id} (already issued)",
+                invoice: Invoice = await self._call(
+                    f"invoice {self._order.order_id} (already issued)",
+                    lambda: workflow.start_activity_method(
+                        FulfillmentActivities.issue_invoice,
+                        self._warehouse_order,
+                        start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        retry_policy=WAREHOUSE_RETRY,
+                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                        summary=f"invoice {self._order.order_id} (already issued)",
+                    ),
                 )
             except ActivityError as err:
                 if not self._patched(COMMITTED_INVOICE_FETCH_RETRIED):
@@ -486,7 +536,7 @@ class OrderWorkflow:
                 )
                 workflow.logger.error("order %s: %s", self._order.order_id, self._attention)
                 self._show()
-                await workflow.sleep(COMPENSATION_RETRY_AFTER, summary="invoice fetch failed")
+                await self._pause(COMPENSATION_RETRY_AFTER, "invoice fetch failed")
                 continue
             self._attention = None
             return invoice
@@ -500,13 +550,17 @@ class OrderWorkflow:
         """
         while True:
             try:
-                done = await workflow.execute_activity_method(
-                    activity,
-                    self._warehouse_order,
-                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=WAREHOUSE_RETRY,
-                    summary=f"compensate {self._order.order_id}",
+                done = await self._call(
+                    f"{activity.__name__} {self._order.order_id}",
+                    lambda: workflow.start_activity_method(
+                        activity,
+                        self._warehouse_order,
+                        start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        retry_policy=WAREHOUSE_RETRY,
+                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                        summary=f"compensate {self._order.order_id}",
+                    ),
                 )
             except ActivityError as err:
                 if refusal_type(err) == "AlreadyInvoiced":
@@ -517,7 +571,7 @@ class OrderWorkflow:
                 )
                 workflow.logger.error("order %s: %s", self._order.order_id, self._attention)
                 self._show()
-                await workflow.sleep(COMPENSATION_RETRY_AFTER, summary="compensation failed")
+                await self._pause(COMPENSATION_RETRY_AFTER, "compensation failed")
                 continue
             self._attention = None
             self._compensations.append(
@@ -539,8 +593,117 @@ class OrderWorkflow:
             return None
         return "the invoice was committed before the cancellation could stop it"
 
+    async def _deliver_invoice(self) -> None:
+        """Send the invoice, then the tracking, until the marketplace has taken both.
+
+        Each send is retried for MARKETPLACE_RETRY_FOR (any answer but a 2xx is a failed
+        delivery). After it, or at once when no attempt can send it (an invalid URL, a host the
+        allow-list refuses), the order shows `attention` and waits for an operator's
+        `resend_invoice`. An operator's cancellation in Temporal ends that wait: the order then
+        closes with the invoice undelivered (`InvoiceNotDelivered` in the Temporal UI).
+        """
+        while True:
+            outcome = "delivered beside the order's life"
+            if not self._invoice_delivered():
+                self._delivering_invoice = True
+                outcome = await self._send_invoice_and_tracking()
+                self._delivering_invoice = False
+            if self._resend is not None:
+                self._resend.outcome += f"; {outcome}"
+                self._resend = None
+            if self._invoice_delivered():
+                self._attention = None
+                self._show()
+                return
+            view = self._invoice_view
+            assert view is not None
+            what = "invoice" if view.send_error else "tracking"
+            error = view.send_error or view.tracking_send_error
+            self._attention = (
+                f"the marketplace has not taken the {what}: {error}; once it can, send it again"
+                " with the resend_invoice action"
+            )
+            self._awaiting_resend = True
+            self._show()
+            # Or a resend beside the life (a refused cancellation's) got it through.
+            await workflow.wait_condition(
+                lambda: self._resend is not None or self._close_early or self._invoice_delivered()
+            )
+            self._awaiting_resend = False
+            if self._resend is None and not self._invoice_delivered():
+                return  # An operator closed the order in Temporal.
+
+    def _invoice_delivered(self) -> bool:
+        """Whether the marketplace has taken the invoice and its tracking (if it has one)."""
+        view = self._invoice_view
+        if view is None or view.sent_at is None or view.send_error:
+            return False
+        return self._tracking is None or (
+            view.tracking_sent_at is not None and not view.tracking_send_error
+        )
+
+    async def _send_invoice_and_tracking(self) -> str:
+        """One send of the invoice, then of its tracking: what came of it, in words.
+
+        Once the marketplace has taken the invoice (or the tracking) it counts as delivered,
+        whatever a later or concurrent send meets: such errors are only told, not recorded.
+        """
+        assert self._invoice is not None and self._invoice_view is not None
+        view = self._invoice_view
+        try:
+            await self._send_invoice()
+        except ActivityError as err:
+            error = failure_text(err)
+            workflow.logger.error("order %s: invoice not sent: %s", self._order.order_id, error)
+            if view.sent_at is None:
+                view.send_error = error
+                self._show()
+            return f"the invoice was not taken: {error}"
+        if view.sent_at is None:
+            view.sent_at = workflow.now()
+        else:
+            view.resent_count += 1
+        view.send_error = None
+        self._show()
+        if self._tracking is None:
+            return f"the marketplace took the invoice at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
+        invoice, tracking = self._invoice, self._tracking
+        try:
+            await self._call(
+                f"send tracking of {invoice.invoice_number}",
+                lambda: workflow.start_activity_method(
+                    FulfillmentActivities.send_tracking,
+                    TrackingNotice(
+                        marketplace_services_endpoint=self._order.marketplace_services_endpoint,
+                        marketplace_order_id=self._order.marketplace_order_id,
+                        invoice_number=invoice.invoice_number,
+                        tracking=tracking,
+                        dispatched_date=invoice.issuance_date,
+                    ),
+                    start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                    schedule_to_close_timeout=self._send_bound,
+                    retry_policy=MARKETPLACE_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"send tracking of {invoice.invoice_number}",
+                ),
+            )
+        except ActivityError as err:
+            error = failure_text(err)
+            workflow.logger.error("order %s: tracking not sent: %s", self._order.order_id, error)
+            if view.tracking_sent_at is None:
+                view.tracking_send_error = error
+                self._show()
+            return f"the tracking was not taken: {error}"
+        view.tracking_sent_at = view.tracking_sent_at or workflow.now()
+        view.tracking_send_error = None
+        self._show()
+        return f"the marketplace took them at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
+
     async def _notify_marketplace(self) -> None:
-        """Send the invoice, then the tracking; a refusal is recorded, the order stays invoiced."""
+        """Send the invoice, then the tracking; a refusal is recorded, the order stays invoiced.
+
+        The delivery of orders started before operators' actions existed (OPERATORS_IN_CONTROL);
+        newer orders take `_deliver_invoice`."""
         assert self._invoice is not None and self._invoice_view is not None
         view = self._invoice_view
         try:
@@ -589,7 +752,23 @@ class OrderWorkflow:
         give_up_at = workflow.now() + TRACKING_GIVES_UP_AFTER
         reported: ParcelStatus | None = None  # what the marketplace has taken
         refused: ParcelStatus | None = None  # what it refused for good: not posted again
-        while not self._close_early:
+        self._following_parcel = True
+        try:
+            await self._follow(delivery, poll, give_up_at, reported, refused)
+        finally:
+            self._following_parcel = False
+
+    async def _follow(
+        self,
+        delivery: DeliveryView,
+        poll: timedelta,
+        give_up_at: datetime,
+        reported: ParcelStatus | None,
+        refused: ParcelStatus | None,
+    ) -> None:
+        assert self._invoice is not None
+        invoice_number = self._invoice.invoice_number
+        while not self._stop_following():
             if workflow.now() >= give_up_at:
                 delivery.stopped = f"not delivered within {TRACKING_GIVES_UP_AFTER.days} days"
             elif workflow.info().get_current_history_length() >= TRACKING_HISTORY_LIMIT:
@@ -599,15 +778,17 @@ class OrderWorkflow:
                 break
             try:
                 parcel: ParcelStatus | None = await self._unless_closed(
-                    workflow.start_activity_method(
+                    f"track the parcel of {invoice_number}",
+                    lambda: workflow.start_activity_method(
                         FulfillmentActivities.track_parcel,
                         self._warehouse_order,
                         start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
                         schedule_to_close_timeout=TRACKING_CALL_GIVES_UP_AFTER,
                         heartbeat_timeout=HEARTBEAT_TIMEOUT,
                         retry_policy=WAREHOUSE_RETRY,
-                        summary=f"track the parcel of {self._invoice.invoice_number}",
-                    )
+                        cancellation_type=self._cancellation_type,
+                        summary=f"track the parcel of {invoice_number}",
+                    ),
                 )
             except ActivityError as err:
                 if refused_for_good(err):
@@ -638,7 +819,19 @@ class OrderWorkflow:
                     self._move(OrderStatus.DELIVERED)
                     return
             self._show()
-            await self._until(lambda: self._close_early, within=poll, summary="next tracking poll")
+            asked = self._retries_asked
+            self._waiting_on.append("the next tracking poll")
+            await self._until(
+                lambda: self._stop_following() or self._retries_asked != asked,  # noqa: B023
+                within=poll,
+                summary="next tracking poll",
+            )
+            self._waiting_on.remove("the next tracking poll")
+        if self._tracking_stopped is not None and not delivery.stopped:
+            action = self._tracking_stopped
+            delivery.stopped = f"given up by {action.by}" + (
+                f": {action.reason}" if action.reason else ""
+            )
         delivery.stopped = delivery.stopped or "an operator closed the order in Temporal"
         workflow.logger.warning(
             "order %s: parcel no longer followed: %s", self._order.order_id, delivery.stopped
@@ -668,28 +861,37 @@ class OrderWorkflow:
         # Bounded, so that a marketplace that never takes it cannot hold the following past its
         # own bounds.
         left = max(give_up_at - workflow.now(), timedelta(minutes=1))
+        invoice_number = self._invoice.invoice_number
         try:
             answer = await self._unless_closed(
-                workflow.start_activity_method(
+                f"send tracking status of {invoice_number}",
+                lambda: workflow.start_activity_method(
                     FulfillmentActivities.send_tracking_status,
                     TrackingStatusNotice(
                         marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                         marketplace_order_id=self._order.marketplace_order_id,
-                        invoice_number=self._invoice.invoice_number,
+                        invoice_number=invoice_number,
                         is_delivered=parcel.delivered,
                         events=parcel.events,
                     ),
                     start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
-                    schedule_to_close_timeout=min(left, TRACKING_CALL_GIVES_UP_AFTER),
+                    schedule_to_close_timeout=min(
+                        left, self._send_bound or TRACKING_CALL_GIVES_UP_AFTER
+                    ),
                     retry_policy=MARKETPLACE_RETRY,
                     # Closed meanwhile: the attempt in flight ends first, and its outcome counts.
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=f"send tracking status of {self._invoice.invoice_number}"
+                    summary=f"send tracking status of {invoice_number}"
                     + (" (delivered)" if parcel.delivered else f" ({len(parcel.events)} events)"),
-                )
+                ),
             )
         except ActivityError as err:
             delivery.report_error = failure_text(err)
+            if self._in_control and parcel.delivered and err.retry_state == RetryState.TIMEOUT:
+                # Not taken within MARKETPLACE_RETRY_FOR: a refusal of the delivered status, as
+                # counted for DELIVERED_REPORT_TRIES; posted again at the next poll.
+                delivery.report_refusals += 1
+                return "later"
             if not refused_for_good(err):
                 return "later"
             if parcel.delivered:
@@ -702,33 +904,107 @@ class OrderWorkflow:
         delivery.report_error = None
         return "taken"
 
-    async def _unless_closed(self, handle: workflow.ActivityHandle[Any]) -> Any:
-        """The activity's result, or None once an operator closed the order in Temporal (the
-        activity is then cancelled)."""
-        await self._until(lambda: handle.done() or self._close_early)
-        if not handle.done():
-            handle.cancel()
+    async def _unless_closed(
+        self, what: str, start: Callable[[], workflow.ActivityHandle[Any]]
+    ) -> Any:
+        """The activity's result, or None once an operator closed the order in Temporal or gave
+        up its tracking (the activity is then cancelled)."""
         try:
-            return await handle
+            return await self._call(what, start, stop=self._stop_following)
         except (ActivityError, asyncio.CancelledError):
-            if self._close_early:
+            if self._stop_following():
                 return None
             raise
 
+    def _stop_following(self) -> bool:
+        return self._close_early or self._tracking_stopped is not None
+
+    @property
+    def _cancellation_type(self) -> workflow.ActivityCancellationType:
+        """How the order's calls are cancelled: waiting for the attempt in flight to end, so that
+        a call retried now never runs beside its previous attempt. Orders started before
+        operators' actions did not wait (their histories replay so)."""
+        if self._in_control:
+            return workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+        return workflow.ActivityCancellationType.TRY_CANCEL
+
+    async def _call(
+        self,
+        what: str,
+        start: Callable[[], workflow.ActivityHandle[Any]],
+        stop: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """Run the activity `start` starts, until it ends or `stop()` turns true (it is then
+        cancelled; what it raises goes out, for the caller to decide from state).
+
+        When an operator asks to retry now (`retry_now`), it is cancelled and started again at
+        once, its attempts from one: an attempt in flight ends first, and its outcome counts.
+        """
+        self._waiting_on.append(what)
+        try:
+            while True:
+                asked = self._retries_asked
+                handle = start()
+                await workflow.wait_condition(
+                    lambda: handle.done() or stop() or self._retries_asked != asked  # noqa: B023
+                )
+                if not handle.done():
+                    handle.cancel()
+                try:
+                    return await handle
+                except (ActivityError, asyncio.CancelledError) as err:
+                    if self._retries_asked != asked and not stop() and cancelled(err):
+                        workflow.logger.info(
+                            "order %s: %s retried now, as an operator asked",
+                            self._order.order_id,
+                            what,
+                        )
+                        continue
+                    raise
+        finally:
+            self._waiting_on.remove(what)
+
+    async def _pause(self, duration: timedelta, summary: str) -> None:
+        """Wait `duration` before trying again, or less if an operator asks to retry now."""
+        asked = self._retries_asked
+        self._waiting_on.append(f"a pause ({summary})")
+        try:
+            await workflow.wait_condition(
+                lambda: self._retries_asked != asked, timeout=duration, timeout_summary=summary
+            )
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting_on.remove(f"a pause ({summary})")
+
     async def _send_invoice(self) -> None:
         assert self._invoice is not None
-        await workflow.execute_activity_method(
-            FulfillmentActivities.send_invoice,
-            InvoiceNotice(
-                marketplace_services_endpoint=self._order.marketplace_services_endpoint,
-                marketplace_order_id=self._order.marketplace_order_id,
-                invoice=self._invoice,
-                tracking=self._tracking,
+        invoice = self._invoice
+        await self._call(
+            f"send invoice {invoice.invoice_number}",
+            lambda: workflow.start_activity_method(
+                FulfillmentActivities.send_invoice,
+                InvoiceNotice(
+                    marketplace_services_endpoint=self._order.marketplace_services_endpoint,
+                    marketplace_order_id=self._order.marketplace_order_id,
+                    invoice=invoice,
+                    tracking=self._tracking,
+                ),
+                start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                schedule_to_close_timeout=self._send_bound,
+                retry_policy=MARKETPLACE_RETRY,
+                cancellation_type=self._cancellation_type,
+                summary=f"send invoice {invoice.invoice_number}",
             ),
-            start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
-            retry_policy=MARKETPLACE_RETRY,
-            summary=f"send invoice {self._invoice.invoice_number}",
         )
+
+    @property
+    def _send_bound(self) -> timedelta | None:
+        """How long a send to the marketplace is retried (none for orders started before
+        operators' actions: they could not be resent)."""
+        if not self._in_control:
+            return None
+        return max(timedelta(seconds=self._order.marketplace_retry_seconds), MIN_SEND_BOUND)
 
     async def _tell_marketplace_of_seller_cancellation(self) -> None:
         """The seller canceled an order the marketplace holds as placed: say so, with the reason.
@@ -744,21 +1020,32 @@ class OrderWorkflow:
             or self._reserved_at is None
         ):
             return
+        what = f"tell the marketplace {self._order.order_id} is canceled"
         try:
-            await workflow.execute_activity_method(
-                FulfillmentActivities.send_cancellation,
-                CancellationNotice(
-                    marketplace_services_endpoint=self._order.marketplace_services_endpoint,
-                    marketplace_order_id=self._order.marketplace_order_id,
-                    reason=cancellation.reason or "canceled by the seller",
+            await self._call(
+                what,
+                lambda: workflow.start_activity_method(
+                    FulfillmentActivities.send_cancellation,
+                    CancellationNotice(
+                        marketplace_services_endpoint=self._order.marketplace_services_endpoint,
+                        marketplace_order_id=self._order.marketplace_order_id,
+                        reason=cancellation.reason or "canceled by the seller",
+                    ),
+                    start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
+                    schedule_to_close_timeout=self._send_bound,
+                    retry_policy=MARKETPLACE_RETRY,
+                    cancellation_type=self._cancellation_type,
+                    summary=what,
                 ),
-                start_to_close_timeout=MARKETPLACE_CALL_TIMEOUT,
-                retry_policy=MARKETPLACE_RETRY,
-                summary=f"tell the marketplace {self._order.order_id} is canceled",
             )
             cancellation.marketplace_notified_at = workflow.now()
         except ActivityError as err:
             cancellation.marketplace_error = failure_text(err)
+            if self._in_control:
+                self._attention = (
+                    f"the marketplace was not told of the seller's cancellation: "
+                    f"{cancellation.marketplace_error}; tell it by hand"
+                )
         self._show()
 
     async def _stay_open_for_late_calls(self) -> None:
@@ -927,6 +1214,9 @@ class OrderWorkflow:
         """The invoice again; once taken, it counts as delivered whatever earlier sends met."""
         view = self._invoice_view
         assert view is not None
+        if self._in_control:
+            await self._send_invoice_and_tracking()
+            return
         try:
             await self._send_invoice()
         except ActivityError as err:
@@ -935,6 +1225,114 @@ class OrderWorkflow:
             view.resent_count += 1
             view.send_error = None
             view.sent_at = view.sent_at or workflow.now()
+        self._show()
+
+    # ── Updates: operators' actions ─────────────────────────────────────────────────────────
+    # Reached from the Temporal UI ("Send Update"), `python -m api.operator_actions`, and the ops
+    # listener's /ops/orders/{orderId}/... Each is recorded in the order (`operatorActions`).
+
+    @workflow.update
+    def resend_invoice(self, request: OperatorRequest) -> OperatorAction:
+        """Send the invoice and its tracking to the marketplace again, now."""
+        action = self._operator_action(OperatorActionName.RESEND_INVOICE, request)
+        resend = self._invoice_resend
+        if self._delivering_invoice or (resend is not None and not resend.done()):
+            self._retries_asked += 1
+            action.outcome = "a send was in progress: it is retried now"
+        elif self._awaiting_resend:
+            self._resend = action
+            action.outcome = "sending the invoice and the tracking again"
+        else:
+            self._invoice_resend = asyncio.create_task(self._resend_on_request(action))
+            action.outcome = "sending the invoice and the tracking again"
+        return self._record(action)
+
+    @resend_invoice.validator
+    def _validate_resend_invoice(self, request: OperatorRequest) -> None:
+        self._check_operator_request(request)
+        if self._invoice_view is None:
+            self._refuse_action(f"it has no invoice to send ({self._status})")
+
+    @workflow.update
+    def retry_now(self, request: OperatorRequest) -> OperatorAction:
+        """Retry now whatever the order waits on: a call in its retry backoff (restarted, its
+        attempts from one), a pause before trying a compensation again, the next tracking poll."""
+        action = self._operator_action(OperatorActionName.RETRY_NOW, request)
+        action.outcome = "retrying now: " + ", ".join(self._waiting_on)
+        self._retries_asked += 1
+        return self._record(action)
+
+    @retry_now.validator
+    def _validate_retry_now(self, request: OperatorRequest) -> None:
+        self._check_operator_request(request)
+        if not self._waiting_on:
+            self._refuse_action(f"it waits on nothing that can be retried ({self._status})")
+
+    @workflow.update
+    def stop_tracking(self, request: OperatorRequest) -> OperatorAction:
+        """Give up following the parcel: the order stays invoiced and closes after its late-call
+        window."""
+        action = self._operator_action(OperatorActionName.STOP_TRACKING, request)
+        action.outcome = "the parcel is no longer followed"
+        self._tracking_stopped = action
+        return self._record(action)
+
+    @stop_tracking.validator
+    def _validate_stop_tracking(self, request: OperatorRequest) -> None:
+        self._check_operator_request(request)
+        if not self._following_parcel or self._tracking_stopped is not None:
+            stopped = self._delivery.stopped if self._delivery else None
+            self._refuse_action(
+                f"it is not following a parcel ({self._status}{'; ' + stopped if stopped else ''})"
+            )
+
+    def _check_operator_request(self, request: OperatorRequest) -> None:
+        """What every operator's action must satisfy, from whichever client it comes."""
+        if not self._in_control:
+            self._refuse_action("it was started before operators' actions existed")
+        by, reason = request.by.strip(), request.reason
+        if not by or len(by) > 200 or not by.isprintable():
+            self._refuse_action("`by` must name who asks: 1 to 200 printable characters")
+        if reason is not None and (len(reason) > 1000 or not reason.isprintable()):
+            self._refuse_action("`reason` must be at most 1000 printable characters")
+        if len(self._operator_actions) >= MAX_OPERATOR_ACTIONS:
+            self._refuse_action(f"it has recorded {MAX_OPERATOR_ACTIONS} actions already")
+
+    def _refuse_action(self, why: str) -> None:
+        raise ApplicationError(
+            f"order {self._order.order_id}: refused, {why}",
+            type="ActionRefused",
+            non_retryable=True,
+        )
+
+    def _operator_action(
+        self, name: OperatorActionName, request: OperatorRequest
+    ) -> OperatorAction:
+        return OperatorAction(
+            action=name,
+            by=request.by.strip(),
+            reason=request.reason,
+            requested_at=workflow.now(),
+            outcome="",
+        )
+
+    def _record(self, action: OperatorAction) -> OperatorAction:
+        self._operator_actions.append(action)
+        workflow.logger.info(
+            "order %s: %s by %s: %s%s",
+            self._order.order_id,
+            action.action,
+            action.by,
+            action.outcome,
+            f" (reason: {action.reason})" if action.reason else "",
+        )
+        self._show()
+        return action
+
+    async def _resend_on_request(self, action: OperatorAction) -> None:
+        """An operator's resend of an invoice the marketplace had taken (or one the order gave
+        up before operators' actions could wait for them)."""
+        action.outcome += f"; {await self._send_invoice_and_tracking()}"
         self._show()
 
     # ── The query: the order as people see it ─────────────────────────────────────────────
@@ -968,6 +1366,7 @@ class OrderWorkflow:
             tracking=self._tracking,
             invoice=self._invoice_view,
             delivery=self._delivery,
+            operator_actions=self._operator_actions,
         )
 
     # ── Helpers ───────────────────────────────────────────────────────────────────────────

@@ -24,11 +24,15 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.change_notifications import ChangeNotificationActivities, SkuNotification
     from workflows.messages import CamelModel
-    from workflows.policies import MARKETPLACE_CALL_TIMEOUT, MARKETPLACE_RETRY
+    from workflows.policies import (
+        MARKETPLACE_CALL_TIMEOUT,
+        MARKETPLACE_GIVES_UP_AFTER,
+        MARKETPLACE_RETRY,
+    )
 
 # How long a burst may keep the notification back, whatever the debounce.
 MAX_WAIT_FACTOR = 10
-NOTIFICATION_GIVES_UP_AFTER = timedelta(days=1)
+NOTIFICATION_GIVES_UP_AFTER = MARKETPLACE_GIVES_UP_AFTER
 
 
 class SkuChange(CamelModel):
