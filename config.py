@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # A request whose body has not all arrived within this is answered 408 and its connection
     # closed: a caller that declares more than it sends would otherwise hold it forever.
     request_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A request whose headers are not all in within this of the connection's first byte (or of
+    # the previous answer on a kept-alive connection) is answered 408 and its connection closed;
+    # a connection that sends nothing is closed after it too (api/slow_clients.py). Apart from
+    # the body's: headers are a few hundred bytes, a body may be a large order.
+    request_headers_timeout_seconds: float = Field(default=30.0, gt=0)
     # Cancellation "Evaluate" bound: past it the API answers 200 with an empty body.
     cancel_confirm_seconds: float = Field(default=2.0, gt=0)
     # Put in the placement answer as followUpEmail when set.

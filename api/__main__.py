@@ -20,6 +20,7 @@ from api.app import create_app
 from api.catalog_check import checks_catalog
 from api.ops import create_ops_app
 from api.ops_auth import OpsAccess, is_loopback, ops_problem
+from api.slow_clients import http_protocol
 from codec import encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
@@ -148,12 +149,16 @@ def main() -> None:
     line = catalog_line(settings)
     # Loud when it will refuse every SKU.
     (log.warning if line.startswith("catalog: EMPTY") else log.info)("%s", line)
+    # httptools, named rather than left to uvicorn's "auto", with a time limit for each
+    # request's headers that uvicorn lacks (api/slow_clients.py). uvicorn takes uvloop (a
+    # dependency) when it is installed: loop="auto".
+    http = http_protocol(settings.request_headers_timeout_seconds)
     configs = [
-        # uvicorn takes httptools and uvloop (dependencies) when they are installed: "auto".
         uvicorn.Config(
             app,
             host=host,
             port=port,
+            http=http,
             log_config=None,  # keep the format configure_logging set
             timeout_graceful_shutdown=5,
         )
