@@ -1,4 +1,6 @@
-"""The session format of devtools/readme_sessions.py, on small documents of its own."""
+"""The README's sessions ("Try it", "The whole life", the metrics scrape) run against real
+`make run` stacks print what the README shows (devtools/readme_sessions.py); and the format's
+rules, on small documents of their own."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from devtools.readme_sessions import (
     match_lines,
     parse,
     record,
+    run_sessions,
 )
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 DOC = textwrap.dedent(
     """\
@@ -168,6 +173,35 @@ def test_record_rewrites_only_a_session_that_differs(doc: Path) -> None:
     assert "EOF\nwritten\n```" in text
     assert "72743bc1" not in text
     assert [compare(session, outcomes[session.name]) for session in parse(doc)] == [[], []]
+
+
+def test_the_readme_shows_what_its_sessions_print() -> None:
+    """Both sessions on real `make run` stacks at once (each its own ports and DATA_DIR); then
+    the same outputs against a README altered in one line must fail, naming that line."""
+    sessions = parse(README)
+    assert {session.name for session in sessions} >= {"try-it", "whole-life"}
+    outcomes = run_sessions(sessions, jobs=len(sessions))
+    mismatches = [m for session in sessions for m in compare(session, outcomes[session.name])]
+    assert not mismatches, (
+        "the README's sessions print something else now; if that is right, `make readme` "
+        "writes the new outputs into it:\n\n" + "\n\n".join(map(str, mismatches))
+    )
+
+    try_it = next(session for session in sessions if session.name == "try-it")
+    healthz = next(command for _, command in try_it.commands if command.text.endswith("/healthz"))
+    for altered in [
+        [line.replace('"ok"', '"degraded"') for line in healthz.expected],
+        [*healthz.expected, "one more line"],
+        [line.replace("7233", "7234") for line in healthz.expected],
+    ]:
+        found = compare(_with_expected(try_it, healthz, altered), outcomes["try-it"])
+        assert [mismatch.command.line for mismatch in found] == [healthz.line]
+        assert f"README.md:{healthz.line}: session try-it" in str(found[0])
+    # Another date is no difference.
+    dispatch = next(command for _, command in try_it.commands if "/fulfill" in command.text)
+    other_day = [line.replace('"date":"20', '"date":"19') for line in dispatch.expected]
+    assert other_day != dispatch.expected
+    assert compare(_with_expected(try_it, dispatch, other_day), outcomes["try-it"]) == []
 
 
 def _with_expected(session: Session, command: Command, expected: list[str]) -> Session:
