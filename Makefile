@@ -10,7 +10,7 @@ UV_VERSION := $(shell sed -n 's/.*"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint lock-check lock format bench soak deploy-test clean
+.PHONY: run test lint lock-check lock format readme bench soak deploy-test clean
 
 # Exactly the versions in uv.lock: the project, its dependencies and the dev extra.
 $(STAMP): pyproject.toml uv.lock
@@ -45,6 +45,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+## readme: README.md's sessions run on fresh `make run` stacks, their outputs written into it
+## (those that changed); tests/test_readme.py checks them in `make test`.
+readme: $(STAMP)
+	$(PY) -m devtools.readme_sessions record README.md
 
 ## bench: throughput and latency of the whole stack on this machine.
 bench: $(STAMP)

@@ -152,7 +152,10 @@ class FulfillmentActivities:
     async def send_tracking_status(self, notice: TrackingStatusNotice) -> MarketplaceAnswer:
         """POST the parcel's tracking events (and whether it is delivered) to the marketplace."""
         answer = await self._marketplace.send_tracking_status(notice)
-        delivered = "delivered" if notice.is_delivered else f"{len(notice.events)} events"
+        count = len(notice.events)
+        delivered = (
+            "delivered" if notice.is_delivered else f"{count} event{'' if count == 1 else 's'}"
+        )
         _log_sent(f"tracking status ({delivered})", notice.marketplace_order_id, answer)
         return answer
 

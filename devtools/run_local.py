@@ -216,6 +216,15 @@ def main() -> None:
             f"http://{env['WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
             f"  Data               {data_dir}\n"
             f"  Payloads           {key_note}\n"
+            f"  Try it             curl -s localhost:{api_port}/healthz\n"
+            # README.md's commands read these, with these defaults; printed even when they are
+            # the defaults, so that what a session shows does not depend on the ports.
+            f"  README's commands  export API_PORT={api_port} OPS_PORT={ops_port}"
+            f" TEMPORAL_PORT={temporal_port} TEMPORAL_UI_PORT={ui_port}"
+            f" FAKE_MARKETPLACE_PORT={marketplace_port} WORKER_METRICS_PORT={metrics_port}"
+            f" DATA_DIR={data_dir}\n"
+            "                     (in the terminal you try them from, when any differs from its "
+            "default)\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -882,7 +882,13 @@ class OrderWorkflow:
                     # Closed meanwhile: the attempt in flight ends first, and its outcome counts.
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     summary=f"send tracking status of {invoice_number}"
-                    + (" (delivered)" if parcel.delivered else f" ({len(parcel.events)} events)"),
+                    + (
+                        " (delivered)"
+                        if parcel.delivered
+                        else " (1 event)"
+                        if len(parcel.events) == 1
+                        else f" ({len(parcel.events)} events)"
+                    ),
                 ),
             )
         except ActivityError as err:
