@@ -88,8 +88,9 @@ class MarketplaceAnswer(CamelModel):
     date: str | None = None
 
 
-class MarketplaceUnavailable(Exception):
-    """The marketplace did not answer, or answered anything but a 2xx: retried by Temporal."""
+class MarketplaceNotDelivered(Exception):
+    """The marketplace did not answer, or answered anything but a 2xx: not a delivery, retried by
+    Temporal."""
 
 
 def marketplace_url(endpoint: str, *segments: str) -> str:
@@ -240,7 +241,7 @@ class MarketplaceClient:
     ) -> MarketplaceAnswer:
         try:
             return await self._post_checked(url, body, final)
-        except (MarketplaceUnavailable, ApplicationError) as err:
+        except (MarketplaceNotDelivered, ApplicationError) as err:
             _count_failure(err)
             raise
         except Exception as err:
@@ -261,7 +262,7 @@ class MarketplaceClient:
         try:
             checked = await self._hosts.check_when_sending(url)
         except ConnectionError as err:
-            raise MarketplaceUnavailable(str(err)) from err
+            raise MarketplaceNotDelivered(str(err)) from err
         if checked.refusal:
             raise ApplicationError(
                 f"not sent: {checked.refusal}", type="MarketplaceHostRefused", non_retryable=True
@@ -276,7 +277,7 @@ class MarketplaceClient:
         try:
             response = await self._send(request, checked.addresses)
         except httpx.HTTPError as err:
-            raise MarketplaceUnavailable(f"POST {url}: {type(err).__name__}: {err}") from err
+            raise MarketplaceNotDelivered(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
         if status in final:
             # The status line only: the answer's body is the marketplace's (or whoever answered)
@@ -290,12 +291,12 @@ class MarketplaceClient:
             # Not followed: the credentials would go wherever `Location` says, and a POST may come
             # back a GET. Retried like any other answer that is not a delivery.
             location = response.headers.get("location", "")[:200]
-            raise MarketplaceUnavailable(
+            raise MarketplaceNotDelivered(
                 f"POST {url} answered {status} (a redirect to {location or 'nowhere'}, not "
                 "followed: a marketplaceServicesEndpoint must be the final URL)"
             )
         if not 200 <= status < 300:
-            raise MarketplaceUnavailable(f"POST {url} answered {status} {response.reason_phrase}")
+            raise MarketplaceNotDelivered(f"POST {url} answered {status} {response.reason_phrase}")
         try:
             answer = response.json()
         except ValueError:
@@ -347,7 +348,7 @@ def pinned(request: httpx.Request, address: str) -> httpx.Request:
     )
 
 
-def _count_failure(err: MarketplaceUnavailable | ApplicationError) -> None:
+def _count_failure(err: MarketplaceNotDelivered | ApplicationError) -> None:
     if activity.in_activity():
         kind = str(err.type) if isinstance(err, ApplicationError) else type(err).__name__
         activity.metric_meter().create_counter(

@@ -27,7 +27,7 @@ from activities import marketplace_hosts
 from activities.marketplace import (
     InvoiceNotice,
     MarketplaceClient,
-    MarketplaceUnavailable,
+    MarketplaceNotDelivered,
     invoice_body,
     pinned,
 )
@@ -148,7 +148,7 @@ async def test_a_marketplace_that_does_not_answer_is_still_retried() -> None:
         port = unused.getsockname()[1]
     marketplace = client("127.0.0.1")
     try:
-        with pytest.raises(MarketplaceUnavailable):
+        with pytest.raises(MarketplaceNotDelivered):
             await marketplace.send_invoice(notice(f"http://127.0.0.1:{port}/api/oms"))
     finally:
         await marketplace.close()
