@@ -65,7 +65,10 @@ def catalog_line(settings: Settings) -> str:
 def ops_line(settings: Settings, access: OpsAccess) -> str:
     """Where the ops listener listens, and who may call it."""
     where = f"http://{settings.ops_host}:{settings.ops_port}"
-    surfaces = "/metrics, /docs, /openapi.json, /codec/{decode,encode}, /healthz"
+    surfaces = (
+        "/metrics, /docs, /openapi.json, /codec/{decode,encode}, "
+        "/orders/{orderId}/{resend-invoice,retry-now,stop-tracking}, /healthz"
+    )
     line = f"ops listener on {where} ({surfaces}): {access.summary()}"
     if not settings.ops_token and access.jwt_verifier is None:
         reach = (
