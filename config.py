@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     request_headers_timeout_seconds: float = Field(default=30.0, gt=0)
     # Cancellation "Evaluate" bound: past it the API answers 200 with an empty body.
     cancel_confirm_seconds: float = Field(default=2.0, gt=0)
+    # How long GET /pvt/orders/{orderId} waits for a worker to answer the order's query before it
+    # answers from what Temporal keeps without one (`live: false`); each of those reads is
+    # bounded by it too.
+    order_query_timeout_seconds: float = Field(default=2.0, gt=0)
     # Put in the placement answer as followUpEmail when set.
     follow_up_email: str = ""
 

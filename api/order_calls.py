@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 from temporalio.client import (
@@ -33,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import CONFLICT_TYPES, ApiError, not_found, unavailable
 from api.models import OrderPlacement, RequestOrderId
+from api.stored_order import pending_calls, stored_order, workflow_status
 from config import Settings
 from workflows import ids, search
 from workflows.durations import lock_deadline, parse_duration
@@ -45,7 +46,6 @@ from workflows.messages import (
     OrderReceipt,
     OrderStatus,
     OrderView,
-    PendingCall,
     PlacementResult,
     PlaceRequest,
 )
@@ -125,6 +125,9 @@ async def place_order(
         search_attributes=search.at_start(
             order.marketplace_order_id, order.order_id, str(OrderStatus.RESERVING)
         ),
+        # The memo the workflow keeps (OrderWorkflow._publish_memo), named as in its view: an
+        # order closed before its first workflow task still has a last known state to show.
+        memo={"status": str(OrderStatus.RESERVING), "placedAt": order.placed_at},
     )
 
     async def place() -> PlacementResult:
@@ -248,41 +251,33 @@ async def cancel_order(
 
 
 async def get_order(client: Client, settings: Settings, path_id: str) -> OrderView:
-    """The order, from its workflow's query (open or closed), with the calls it is retrying."""
+    """The order, from its workflow's query (open or closed), with the calls it is retrying.
+
+    When no worker answers within ORDER_QUERY_TIMEOUT_SECONDS, or the workflow closed before it
+    could run, the order as Temporal keeps it without a worker, `live: false`
+    (api/stored_order.py): ops still see where it is while the workers are down.
+    """
     for marketplace_order_id in ids.marketplace_ids_for_path(path_id):
-        view = await _query(client, settings, marketplace_order_id)
+        view = await _query(client, settings, marketplace_order_id, stored_if_unanswered=True)
         if view is not None:
-            view.pending_calls = await _pending_calls(client, settings, marketplace_order_id)
+            if view.live:
+                await _pending_calls(client, settings, view)
             return view
     raise not_found(path_id)
 
 
-async def _pending_calls(
-    client: Client, settings: Settings, marketplace_order_id: str
-) -> list[PendingCall]:
-    """The order's activities in flight, with their attempts and last error (from Temporal)."""
-    handle = client.get_workflow_handle(ids.workflow_id(marketplace_order_id))
+async def _pending_calls(client: Client, settings: Settings, view: OrderView) -> None:
+    """Add to the view the order's activities in flight, with their attempts and last error, and
+    its workflow's execution status (both from Temporal)."""
+    handle = client.get_workflow_handle(view.workflow_id)
     try:
-        description = await asyncio.wait_for(handle.describe(), settings.update_timeout_seconds)
+        description = await asyncio.wait_for(
+            handle.describe(), settings.order_query_timeout_seconds
+        )
     except (RPCError, TimeoutError):
-        return []  # The order itself was read; what it is retrying is a nice-to-have.
-    calls = []
-    for pending in description.raw_description.pending_activities:
-        last_error = pending.last_failure.message if pending.HasField("last_failure") else None
-        next_attempt = (
-            pending.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
-            if pending.HasField("next_attempt_schedule_time")
-            else None
-        )
-        calls.append(
-            PendingCall(
-                activity=pending.activity_type.name,
-                attempt=pending.attempt,
-                last_error=last_error or None,
-                next_attempt_at=next_attempt,
-            )
-        )
-    return calls
+        return  # The order itself was read; what it is retrying is a nice-to-have.
+    view.pending_calls = pending_calls(description)
+    view.workflow_status = workflow_status(description)
 
 
 async def _on_order(
@@ -345,24 +340,48 @@ def _closed_order_conflict(view: OrderView) -> ApiError:
     )
 
 
-async def _query(client: Client, settings: Settings, marketplace_order_id: str) -> OrderView | None:
+async def _query(
+    client: Client,
+    settings: Settings,
+    marketplace_order_id: str,
+    *,
+    stored_if_unanswered: bool = False,
+) -> OrderView | None:
+    """The order's view from its workflow's query; None when there is no such order.
+
+    Strict by default (a dispatch or cancellation of a closed order needs its receipts): a query
+    no worker answers within UPDATE_TIMEOUT_SECONDS is a 503. With `stored_if_unanswered` (GET),
+    one not answered within ORDER_QUERY_TIMEOUT_SECONDS, or that the workflow cannot answer (it
+    closed before its first workflow task, say), is answered from what Temporal keeps without a
+    worker instead, `live: false`.
+    """
     handle = client.get_workflow_handle_for(
         OrderWorkflow.run, ids.workflow_id(marketplace_order_id)
     )
+    seconds = (
+        settings.order_query_timeout_seconds
+        if stored_if_unanswered
+        else settings.update_timeout_seconds
+    )
     try:
-        return await asyncio.wait_for(
-            handle.query(OrderWorkflow.order), settings.update_timeout_seconds
-        )
+        return await asyncio.wait_for(handle.query(OrderWorkflow.order), seconds)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return None
+        # FAILED_PRECONDITION: "Workflow execution closed before WorkflowTaskStarted event";
+        # DEADLINE_EXCEEDED: the server gave up waiting for a worker first.
+        unanswered = (RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.DEADLINE_EXCEEDED)
+        if stored_if_unanswered and err.status in unanswered:
+            return await stored_order(client, settings, marketplace_order_id)
         raise unavailable(f"Temporal: {err.message}") from err
     except TimeoutError as err:
-        raise unavailable(
-            f"no worker answered within {settings.update_timeout_seconds:g}s; retry"
-        ) from err
+        if stored_if_unanswered:
+            return await stored_order(client, settings, marketplace_order_id)
+        raise unavailable(f"no worker answered within {seconds:g}s; retry") from err
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
         log.error("order %s could not be queried: %s", marketplace_order_id, err)
+        if stored_if_unanswered:
+            return await stored_order(client, settings, marketplace_order_id)
         raise unavailable(f"the order could not be read ({err}); retry later") from err
 
 

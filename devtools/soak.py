@@ -220,7 +220,9 @@ async def wait_final(
     http: httpx.AsyncClient, order_ids: list[str], within: float
 ) -> dict[str, str]:
     """Each order's status once settled (final, and no call to the marketplace still being
-    retried), or its last status when `within` ran out."""
+    retried), or its last status when `within` ran out. A view no worker answered (`live:
+    false`) settles nothing: the invariant checker that follows reads each order through its
+    query, which needs a worker."""
     statuses: dict[str, str] = {}
     deadline = time.monotonic() + within
     pending = list(order_ids)
@@ -231,7 +233,9 @@ async def wait_final(
                 response = await http.get(f"/pvt/orders/{ids.seller_order_id(order_id)}")
                 order = response.json()
                 status = str(order.get("status", f"HTTP {response.status_code}"))
-                settled = status in FINAL and not order.get("pendingCalls")
+                settled = (
+                    status in FINAL and not order.get("pendingCalls") and order.get("live", True)
+                )
             except (httpx.TransportError, ValueError):
                 status, settled = "no answer", False
             statuses[order_id] = status

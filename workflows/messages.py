@@ -325,3 +325,13 @@ class OrderView(CamelModel):
     operator_actions: list[OperatorAction] = []
     # Filled in by the API from Temporal (the workflow cannot see its activities' retries).
     pending_calls: list[PendingCall] = []
+    # Whether the workflow itself answered (its query): every field is current. False: no worker
+    # answered in time, or the workflow closed before it could run; the view is what Temporal
+    # keeps without a worker (api/stored_order.py): a completed order's final view (its result),
+    # whole; otherwise the status and step (search attributes), the reason, attention, times and
+    # invoice number the order last published (its memo), items from its start; no steps,
+    # receipts, tracking or invoice sending state.
+    live: bool = True
+    # The workflow's execution status in Temporal, as its UI names it: Running, Completed,
+    # Terminated, Failed, TimedOut... (a closed order that was not Completed will not move on).
+    workflow_status: str | None = None

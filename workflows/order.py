@@ -258,6 +258,9 @@ class OrderWorkflow:
             }
             if self._published:
                 self._published.setdefault(search.FULFILLMENT_STEP.name, "")
+        # The memo as Temporal has it (what the API started the order with: its status and
+        # placedAt), so that only changes are upserted (_publish_memo).
+        self._memo: dict[str, object] = dict(workflow.memo()) if self._in_control else {}
         # The invoice sent again to refuse a cancellation, or at an operator's request once it
         # was delivered, running beside the order's life.
         self._invoice_resend: asyncio.Task[None] | None = None
@@ -1497,6 +1500,7 @@ class OrderWorkflow:
         next change on: `patched` keeps their recorded histories replaying."""
         if not self._patched(SEARCH_ATTRIBUTES):
             return
+        self._publish_memo()
         invoice = self._invoice_view
         values: dict[str, object] = {
             search.MARKETPLACE_ORDER_ID.name: self._order.marketplace_order_id,
@@ -1518,3 +1522,38 @@ class OrderWorkflow:
             ]
         )
         self._published.update(changed)
+
+    def _publish_memo(self) -> None:
+        """Upsert the memo fields that changed: what GET /pvt/orders/{orderId} answers from,
+        marked not live, while no worker answers the order's query (api/stored_order.py).
+
+        Named as in the order's view (camelCase), with the invoice's number, date and value (not
+        its sending state, which changes more often). Only from orders started on this code
+        (OPERATORS_IN_CONTROL): a recorded history has no memo upsert to replay.
+        """
+        if not self._in_control:
+            return
+        included: dict[str, Any] = dict.fromkeys(
+            (
+                "status",
+                "status_reason",
+                "attention",
+                "placed_at",
+                "reserved_at",
+                "lock_expires_at",
+                "dispatched_at",
+                "invoiced_at",
+                "delivered_at",
+                "canceled_at",
+                "expired_at",
+                "closes_at",
+            ),
+            True,
+        )
+        included["invoice"] = {"invoice_number", "issuance_date", "invoice_value"}
+        values = self.order().model_dump(mode="json", include=included)
+        changed = {name: value for name, value in values.items() if self._memo.get(name) != value}
+        if changed:
+            # None removes a key: an attention that is over, say.
+            workflow.upsert_memo(changed)
+            self._memo.update(changed)
