@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import datetime
 from typing import TypeVar
 
@@ -46,6 +47,7 @@ from workflows.messages import (
     OrderReceipt,
     OrderStatus,
     OrderView,
+    PendingCall,
     PlacementResult,
     PlaceRequest,
 )
@@ -154,6 +156,12 @@ async def place_order(
             if isinstance(err, ApiError) and err.status != 503:
                 raise
             if not await _closed(client, order.marketplace_order_id):
+                timed_out = isinstance(err.__cause__, (TimeoutError, RPCTimeoutOrCancelledError))
+                if isinstance(err, ApiError) and timed_out:
+                    # Not answered within the update timeout: say why, when it can be told.
+                    not_reserved = await _not_reserved_yet(client, settings, order)
+                    if not_reserved is not None:
+                        raise not_reserved from err
                 raise
             raise WorkflowAlreadyStartedError(
                 ids.workflow_id(order.marketplace_order_id), "OrderWorkflow"
@@ -174,6 +182,51 @@ async def place_order(
         ) from err
     _check_same_placement(order, result.placement_fingerprint)
     return result
+
+
+# How long a placement that was not answered in time may take for each read of why (Temporal's
+# description, the order's query): both answer at once unless Temporal or the order's worker is
+# busy or gone, and then there is nothing more to tell.
+WHY_NOT_RESERVED_WITHIN_SECONDS = 1.0
+
+
+async def _not_reserved_yet(
+    client: Client, settings: Settings, order: OrderInput
+) -> ApiError | None:
+    """The 503 of a placement whose update did not complete within the update timeout.
+
+    It says that the stock is not reserved yet and, when Temporal or the order can tell, why:
+    the `reserve_stock` activity Temporal is retrying (its attempt and last error), else the
+    order's `attention`. None when the order has its stock after all.
+    """
+    why = f"the order did not answer within {settings.update_timeout_seconds:g}s"
+    calls: list[PendingCall] = []
+    described = client.get_workflow_handle(ids.workflow_id(order.marketplace_order_id)).describe()
+    with suppress(TimeoutError, RPCError):
+        calls = pending_calls(await asyncio.wait_for(described, WHY_NOT_RESERVED_WITHIN_SECONDS))
+    reserving = next((call for call in calls if call.activity == "reserve_stock"), None)
+    if reserving is not None and reserving.last_error:
+        why = f"reserve_stock attempt {reserving.attempt}, last error: {reserving.last_error}"
+    else:
+        handle = client.get_workflow_handle_for(
+            OrderWorkflow.run, ids.workflow_id(order.marketplace_order_id)
+        )
+        try:
+            view = await asyncio.wait_for(
+                handle.query(OrderWorkflow.order), WHY_NOT_RESERVED_WITHIN_SECONDS
+            )
+        except (TimeoutError, TemporalError):
+            view = None
+        if view is not None and view.reserved_at is not None:
+            return None  # Reserved meanwhile: the retry gets the answer.
+        if view is not None and view.attention:
+            why = view.attention
+        elif reserving is not None:
+            why = f"reserve_stock attempt {reserving.attempt} under way"
+    return unavailable(
+        f"order {order.order_id}: the stock is not reserved yet ({why}); retry the same "
+        "placement: it joins the same request"
+    )
 
 
 def _check_same_placement(order: OrderInput, first_fingerprint: str) -> None:

@@ -14,6 +14,8 @@ orders of other tests on the same worker are not affected:
 - `zombiereserve-*`: the reservation is refused as out of stock, while an earlier attempt (on a
   worker cut off from Temporal) commits later: once the order's release has ended, or after
   ZOMBIE_SECONDS if none comes.
+- `failreserve-*`: every reservation fails for now (`WarehouseUnavailable`) until the test adds
+  the order to `recovered`; `reserve_attempts[order_id]` counts them.
 
 The worker runs in the test's own event loop (tests/stack.py), so `started` lets a test wait
 until a slow call is under way.
@@ -22,7 +24,7 @@ until a slow call is under way.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import suppress
 from typing import Any
 
@@ -33,6 +35,7 @@ from activities.warehouse import (
     Reservation,
     WarehouseError,
     WarehouseOrder,
+    WarehouseUnavailable,
 )
 
 RELEASE_SECONDS = 2.0
@@ -45,6 +48,10 @@ started: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event
 finished: dict[tuple[str, str], Reservation | Exception] = {}
 # (call, order_id) -> set once that call has ended, e.g. ended["release", "SLR-T1-01"].
 ended: defaultdict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+# The `failreserve-*` orders whose reservations the warehouse takes again.
+recovered: set[str] = set()
+# order_id -> how many reservations of a `failreserve-*` order were tried.
+reserve_attempts: Counter[str] = Counter()
 
 
 class DamagedItem(WarehouseError):
@@ -64,6 +71,13 @@ class ScriptedWarehouse(SimulatedWarehouse):
         """Remember the order's SKUs; reserve, slowly for `slowreserve-*`."""
         self._skus[order.order_id] = [line.sku for line in order.lines]
         started["reserve", order.order_id].set()
+        if self._has(order.order_id, "failreserve-"):
+            reserve_attempts[order.order_id] += 1
+            if order.order_id not in recovered:
+                raise WarehouseUnavailable(
+                    f"warehouse unavailable: the reservation of {order.order_id} timed out "
+                    f"(try {reserve_attempts[order.order_id]})"
+                )
         if self._has(order.order_id, "slowreserve-"):
             await asyncio.sleep(RESERVE_SECONDS)
         if self._has(order.order_id, "zombiereserve-"):

@@ -50,7 +50,13 @@ with workflow.unsafe.imports_passed_through():
         TrackingNotice,
         TrackingStatusNotice,
     )
-    from activities.warehouse import Invoice, ParcelStatus, ShippingLabel, WarehouseOrder
+    from activities.warehouse import (
+        Invoice,
+        ParcelStatus,
+        Reservation,
+        ShippingLabel,
+        WarehouseOrder,
+    )
     from workflows import search
     from workflows.lifecycle import (
         CANCEL_REFUSED_IN,
@@ -356,7 +362,16 @@ class OrderWorkflow:
 
     async def _reserve(self) -> None:
         try:
-            if self._patched(RESERVATION_IN_THE_FIRST_TASK):
+            if self._in_control:
+                reserved = await self._reserve_visibly()
+                if reserved is None:
+                    # Canceled while the warehouse kept failing: the retries stopped, the
+                    # placement is refused, and the life compensates (`canceling`): the release
+                    # gives back whatever an attempt cut short may have taken.
+                    self._reserve_refusal = "OrderCanceled"
+                    return
+                reservation = reserved
+            elif self._patched(RESERVATION_IN_THE_FIRST_TASK):
                 # A local activity: the worker reserves inside the workflow task that the
                 # placement's update-with-start opened, and that one task answers the placement
                 # (no activity task through the server, no second workflow task). A worker that
@@ -400,6 +415,63 @@ class OrderWorkflow:
             self._move(OrderStatus.PLACED)
         # Otherwise a cancellation came during the reservation: the order is `canceling`, and
         # the compensation gives back what was just reserved.
+
+    # The reservation's quick tries in the placement's first workflow task: three attempts, 1 s
+    # then 2 s apart, a call that hangs cut after RESERVE_LOCALLY_FOR. Within half the API's
+    # default UPDATE_TIMEOUT_SECONDS, so that a placement the API answers 503 finds a failing
+    # reservation already listed by Temporal, with its attempt and last error. The attempts are
+    # counted, not only timed: the SDK's core loses a local activity's schedule-to-close timeout
+    # that falls while it backs off between attempts.
+    RESERVE_LOCALLY_FOR = timedelta(seconds=5)
+    RESERVE_LOCAL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+
+    async def _reserve_visibly(self) -> Reservation | None:
+        """Reserve: a few quick tries, then, for as long as the warehouse fails, retries people see.
+
+        The tries are a local activity inside the workflow task that the placement's
+        update-with-start opened: a reservation that succeeds there costs no event of its own.
+        One that keeps failing goes on as a regular activity, which Temporal lists among the
+        workflow's pending activities with its attempt and last failure (`pendingCalls`, the
+        UI); the order's `attention` says why meanwhile. The regular activity stops when the
+        order stops reserving (a cancellation): None then, once the attempt has really stopped.
+        A refusal for good (`OutOfStock`) is raised, local or not.
+        """
+        try:
+            return await workflow.execute_local_activity_method(
+                FulfillmentActivities.reserve_stock,
+                self._warehouse_order,
+                start_to_close_timeout=self.RESERVE_LOCALLY_FOR,
+                schedule_to_close_timeout=self.RESERVE_LOCALLY_FOR,
+                retry_policy=self.RESERVE_LOCAL_RETRY,
+                summary=f"reserve stock for {self._order.order_id}",
+            )
+        except FailureError as err:  # a local activity's error is not wrapped in ActivityError
+            if refused_for_good(err):
+                raise
+            self._attention = f"reserving: {failure_text(err)}; retrying"
+        workflow.logger.warning("order %s: %s", self._order.order_id, self._attention)
+        self._show()
+        try:
+            reservation: Reservation = await self._call(
+                f"reserve stock for {self._order.order_id}",
+                lambda: workflow.start_activity_method(
+                    FulfillmentActivities.reserve_stock,
+                    self._warehouse_order,
+                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=WAREHOUSE_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"reserve stock for {self._order.order_id} (retrying)",
+                ),
+                stop=lambda: self._status != OrderStatus.RESERVING,
+            )
+            return reservation
+        except (ActivityError, asyncio.CancelledError):
+            if self._status == OrderStatus.RESERVING:
+                raise  # Refused for good: the placement is answered as before.
+            return None  # Stopped (or refused) after a cancellation came: it is compensated.
+        finally:
+            self._attention = None
 
     async def _wait_for_dispatch(self) -> None:
         """Wait for dispatch or cancellation; past lockTTL, the order starts expiring."""
