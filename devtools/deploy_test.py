@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -437,76 +436,28 @@ def decoded_input(order_id: str) -> dict[str, Any]:
 def screenshot(order_id: str, path: Path, shows: str) -> Path:
     """Headless Chromium's picture of the order's page in the compose stack's Temporal UI, taken
     once the page shows `shows` (a text of the order's input, so only after the UI decoded it
-    through the codec endpoint). Driven over the DevTools protocol: the page keeps polling, so
-    `--screenshot` alone never sees it settle."""
+    through the codec endpoint). Driven over the DevTools protocol (ui_pictures.Page): the page
+    keeps polling, so `--screenshot` alone never sees it settle."""
     url = f"{UI}/namespaces/default/workflows/{ids.workflow_id(order_id)}"
-    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
-        browser = subprocess.Popen(
-            [
-                ui_pictures.chromium(),
-                *ui_pictures.HEADLESS,
-                "--hide-scrollbars",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its helpers too are stopped at the end
-        )
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            wait_for("Chromium's DevTools port", port_file.exists, 30, every=0.2)
-            port = port_file.read_text().split()[0]
-            pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-            page = next(page for page in pages if page["type"] == "page")
-            png = asyncio.run(_shoot(page["webSocketDebuggerUrl"], url, shows))
-        finally:
-            os.killpg(browser.pid, signal.SIGKILL)
-            browser.wait(10)
+
+    async def shoot(tab: str) -> bytes:
+        async with ui_pictures.open_page(tab) as page:
+            await page.navigate(url)
+            await page.wait_for(
+                f"document.body && document.body.innerText.includes({json.dumps(shows)})",
+                f"the UI's page of the order showing {shows!r}",
+            )
+            await asyncio.sleep(1)  # the last renders
+            return await page.screenshot()
+
+    try:
+        with ui_pictures.headless_chromium() as tab:
+            png = asyncio.run(shoot(tab))
+    except ui_pictures.PageFailed as err:
+        raise Failed(str(err)) from err
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
     return path
-
-
-async def _shoot(socket_url: str, url: str, shows: str) -> bytes:
-    import websockets  # the deploy-test extra
-
-    async with websockets.connect(socket_url, max_size=64 * 1024 * 1024) as cdp:
-        counter = iter(range(1, 1_000_000))
-
-        async def call(method: str, **params: Any) -> dict[str, Any]:
-            number = next(counter)
-            await cdp.send(json.dumps({"id": number, "method": method, "params": params}))
-            while True:
-                message = json.loads(await cdp.recv())
-                if message.get("id") == number:
-                    if "error" in message:
-                        raise Failed(f"{method}: {message['error']}")
-                    return dict(message.get("result", {}))
-
-        async def page_text(expression: str) -> Any:
-            found = await call("Runtime.evaluate", expression=expression, returnByValue=True)
-            return found.get("result", {}).get("value")
-
-        await call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=1100,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        await call("Page.navigate", url=url)
-        deadline = time.monotonic() + 60
-        wanted = f"document.body && document.body.innerText.includes({json.dumps(shows)})"
-        while not await page_text(wanted):
-            if time.monotonic() > deadline:
-                text = await page_text("document.body.innerText.slice(0, 1500)")
-                raise Failed(f"the UI's page of the order never showed {shows!r}: {text!r}")
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(1)  # the last renders
-        shot = await call("Page.captureScreenshot", format="png")
-    return base64.b64decode(shot["data"])
 
 
 # --- the run ---------------------------------------------------------------------------------
