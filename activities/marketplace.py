@@ -30,9 +30,20 @@ if TYPE_CHECKING:
 # that lasts; sent again every minute for a day, every change of every such SKU would cost 1,440
 # calls.
 NOTIFICATION_ANSWERS = frozenset({404})
+# What orders placed before that rule (issue 16) retry, everything else being final for them: they
+# have no bound on a send and no operator's resend, so a 400 retried would be retried forever.
+EARLIER_RETRYABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 
-class InvoiceNotice(CamelModel):
+class OrderNotice(CamelModel):
+    """A call about an order: whether every answer but a 2xx is retried (the order bounds its
+    sends and waits for an operator after them), or only those retrying can fix (orders placed
+    before it)."""
+
+    retry_any_answer: bool = False
+
+
+class InvoiceNotice(OrderNotice):
     """Send the invoice of an order to its marketplace."""
 
     marketplace_services_endpoint: str
@@ -41,7 +52,7 @@ class InvoiceNotice(CamelModel):
     tracking: Tracking | None = None
 
 
-class TrackingNotice(CamelModel):
+class TrackingNotice(OrderNotice):
     """Send the tracking information of an invoiced order to its marketplace."""
 
     marketplace_services_endpoint: str
@@ -51,7 +62,7 @@ class TrackingNotice(CamelModel):
     dispatched_date: datetime
 
 
-class TrackingStatusNotice(CamelModel):
+class TrackingStatusNotice(OrderNotice):
     """Tell the marketplace where the parcel of an invoice is, and whether it is delivered."""
 
     marketplace_services_endpoint: str
@@ -72,7 +83,7 @@ class ChangeNotice(CamelModel):
     kind: str  # price | inventory
 
 
-class CancellationNotice(CamelModel):
+class CancellationNotice(OrderNotice):
     """Tell the marketplace the seller canceled an order (`requestCancelOrderMarketplace`)."""
 
     marketplace_services_endpoint: str
@@ -185,25 +196,18 @@ class MarketplaceClient:
     async def send_invoice(self, notice: InvoiceNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice."""
         body = invoice_body(notice.invoice, notice.tracking)
-        return await self._post_on_order(
-            notice.marketplace_services_endpoint, notice.marketplace_order_id, ["invoice"], body
-        )
+        return await self._post_on_order(notice, ["invoice"], body)
 
     async def send_tracking(self, notice: TrackingNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice/{invoiceNumber}."""
         body = tracking_body(notice.tracking, notice.dispatched_date)
-        tail = ["invoice", notice.invoice_number]
-        return await self._post_on_order(
-            notice.marketplace_services_endpoint, notice.marketplace_order_id, tail, body
-        )
+        return await self._post_on_order(notice, ["invoice", notice.invoice_number], body)
 
     async def send_tracking_status(self, notice: TrackingStatusNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/invoice/{invoiceNumber}/tracking."""
         body = tracking_status_body(notice)
         tail = ["invoice", notice.invoice_number, "tracking"]
-        return await self._post_on_order(
-            notice.marketplace_services_endpoint, notice.marketplace_order_id, tail, body
-        )
+        return await self._post_on_order(notice, tail, body)
 
     async def send_change_notification(self, notice: ChangeNotice) -> MarketplaceAnswer:
         """POST {notification_url}/notificator/{sellerId}/changenotification/{skuId}/{kind},
@@ -223,24 +227,29 @@ class MarketplaceClient:
     async def send_cancellation(self, notice: CancellationNotice) -> MarketplaceAnswer:
         """POST {endpoint}/pvt/orders/{marketplaceOrderId}/cancel: the seller's own cancellation."""
         body = {"reason": notice.reason}
-        return await self._post_on_order(
-            notice.marketplace_services_endpoint, notice.marketplace_order_id, ["cancel"], body
-        )
+        return await self._post_on_order(notice, ["cancel"], body)
 
     async def _post_on_order(
-        self, endpoint: str, marketplace_order_id: str, tail: list[str], body: dict[str, Any]
+        self, notice: Any, tail: list[str], body: dict[str, Any]
     ) -> MarketplaceAnswer:
-        url = marketplace_url(endpoint, "pvt", "orders", marketplace_order_id, *tail)
-        return await self._post(url, body)
+        url = marketplace_url(
+            notice.marketplace_services_endpoint,
+            "pvt",
+            "orders",
+            notice.marketplace_order_id,
+            *tail,
+        )
+        return await self._post(url, body, any_answer=notice.retry_any_answer)
 
     async def _post(
         self,
         url: str,
         body: dict[str, Any] | None,
         final: frozenset[int] = frozenset(),
+        any_answer: bool = True,
     ) -> MarketplaceAnswer:
         try:
-            return await self._post_checked(url, body, final)
+            return await self._post_checked(url, body, final, any_answer)
         except (MarketplaceNotDelivered, ApplicationError) as err:
             _count_failure(err)
             raise
@@ -257,7 +266,7 @@ class MarketplaceClient:
             raise failure from err
 
     async def _post_checked(
-        self, url: str, body: dict[str, Any] | None, final: frozenset[int]
+        self, url: str, body: dict[str, Any] | None, final: frozenset[int], any_answer: bool
     ) -> MarketplaceAnswer:
         try:
             checked = await self._hosts.check_when_sending(url)
@@ -279,11 +288,14 @@ class MarketplaceClient:
         except httpx.HTTPError as err:
             raise MarketplaceNotDelivered(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
+        reason = response.reason_phrase[:100]
+        if not any_answer and 300 <= status < 500 and status not in EARLIER_RETRYABLE_STATUSES:
+            final = final | {status}
         if status in final:
             # The status line only: the answer's body is the marketplace's (or whoever answered)
             # and must not travel into the workflow's state.
             raise ApplicationError(
-                f"POST {url} answered {status} {response.reason_phrase}"[:300],
+                f"POST {url} answered {status} {reason}"[:300],
                 type="MarketplaceRejected",
                 non_retryable=True,
             )
@@ -293,10 +305,10 @@ class MarketplaceClient:
             location = response.headers.get("location", "")[:200]
             raise MarketplaceNotDelivered(
                 f"POST {url} answered {status} (a redirect to {location or 'nowhere'}, not "
-                "followed: a marketplaceServicesEndpoint must be the final URL)"
+                "followed: a marketplaceServicesEndpoint must be the final URL)"[:400]
             )
         if not 200 <= status < 300:
-            raise MarketplaceNotDelivered(f"POST {url} answered {status} {response.reason_phrase}")
+            raise MarketplaceNotDelivered(f"POST {url} answered {status} {reason}"[:300])
         try:
             answer = response.json()
         except ValueError:

@@ -75,13 +75,23 @@ async def act(
             OrderWorkflow.run, ids.workflow_id(marketplace_order_id)
         )
         try:
-            return await _answer(
+            answer = await _answer(
                 settings,
                 handle.execute_update(update, request, id=f"{action.value}-{request_id}"),
             )
         except RPCError as err:  # NOT_FOUND: no such workflow, or a closed one
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
+        else:
+            # Temporal answers a known update id with its first outcome, whatever is sent now.
+            if (answer.by, answer.reason) != (request.by.strip(), request.reason):
+                raise ApiError(
+                    409,
+                    "RequestIdReused",
+                    f"requestId {request_id} was used by {answer.by} for another {name}; "
+                    "use a new requestId",
+                )
+            return answer
         try:
             description = await asyncio.wait_for(handle.describe(), settings.update_timeout_seconds)
         except (RPCError, TimeoutError):

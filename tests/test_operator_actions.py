@@ -112,7 +112,13 @@ async def test_actions_that_make_no_sense_are_refused_with_a_reason(
         retry = await stack.ops.post(f"{path}/retry-now", json={"by": "ana"})
         stop = await stack.ops.post(f"{path}/stop-tracking", json={"by": "ana"})
         nobody = await stack.ops.post(f"{path}/retry-now", json={"by": " "})
-        no_body = await stack.ops.post(f"{path}/retry-now", content=b"{")
+        no_body = await stack.ops.post(
+            f"{path}/retry-now", content=b"{", headers={"Content-Type": "application/json"}
+        )
+        untyped = await stack.ops.post(f"{path}/retry-now", content=b'{"by": "ana"}')
+        from_a_page = await stack.ops.post(
+            f"{path}/retry-now", json={"by": "ana"}, headers={"Origin": "https://evil.example"}
+        )
         unknown = await stack.ops.post("/orders/SLR-nope-01/retry-now", json={"by": "ana"})
         order = await stack.order(order_id)
 
@@ -126,6 +132,7 @@ async def test_actions_that_make_no_sense_are_refused_with_a_reason(
         assert why in refused.json()["error"]["message"]
     assert nobody.status_code == 400 and "by" in nobody.json()["error"]["message"]
     assert no_body.status_code == 400
+    assert untyped.status_code == 415 and from_a_page.status_code == 403
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "OrderNotFound"
     assert order["operatorActions"] == []  # a refusal is not recorded
 
@@ -226,3 +233,39 @@ async def test_the_update_the_temporal_ui_sends_resends_a_delivered_invoice(
     invoices = stack.marketplace.calls(kind="invoice", marketplace_order_id=order_id)
     trackings = stack.marketplace.calls(kind="tracking", marketplace_order_id=order_id)
     assert len(invoices) == 2 and len(trackings) == 2
+
+
+async def test_a_refusals_resend_not_taken_waits_for_an_operator_and_a_reused_request_id_is_a_409(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    async with running_stack(
+        temporal_env, tmp_path, marketplace_retry_for="3s", late_call_window="2s"
+    ) as stack:
+        order_id = await placed_and_dispatched(stack)
+        await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["trackingSentAt"])
+        # An operator's resend first: the refusal below must still send the invoice again.
+        first = await stack.ops.post(
+            f"/orders/{order_id}/resend-invoice", json={"by": "ana", "requestId": "x"}
+        )
+        await stack.wait_for(order_id, lambda o: o["invoice"]["resentCount"] == 1)
+        stack.marketplace.fail_next("invoice", 1000, status=503)
+        assert (await stack.cancel(order_id)).status_code == 409
+        stuck = await stack.wait_for(order_id, lambda o: o["attention"], within=20)
+        description = await stack.handle(order_id).describe()
+        reused = await stack.ops.post(
+            f"/orders/{order_id}/resend-invoice", json={"by": "bob", "requestId": "x"}
+        )
+        stack.marketplace.clear()
+        resent = await stack.ops.post(f"/orders/{order_id}/resend-invoice", json={"by": "bob"})
+        view = await asyncio.wait_for(stack.handle(order_id).result(), 30)
+
+    assert first.status_code == 200
+    # The refusal's own send was refused past its bound: visible, and the order stayed open.
+    assert "resend_invoice" in stuck["attention"]
+    assert description.status == WorkflowExecutionStatus.RUNNING
+    assert description.typed_search_attributes.get(search.INVOICE_NOT_DELIVERED) is True
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "RequestIdReused"
+    assert resent.status_code == 200, resent.text
+    assert view.attention is None and view.invoice is not None
+    assert view.invoice.resent_count == 2
+    assert "the marketplace took them" in view.operator_actions[-1].outcome

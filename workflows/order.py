@@ -277,11 +277,20 @@ class OrderWorkflow:
         # tracking poll. Each such wait restarts at once when this count changes.
         self._waiting_on: list[str] = []
         self._retries_asked = 0
-        # The life's invoice delivery: sending (a resend hurries it), or given up after
-        # MARKETPLACE_RETRY_FOR and waiting for an operator's resend (the action, once asked).
-        self._delivering_invoice = False
-        self._awaiting_resend = False
-        self._resend: OperatorAction | None = None
+        # The invoice's deliveries (the life's, and those beside it: a refused cancellation's, an
+        # operator's): how many sends are in flight (a resend hurries them), how many deliveries
+        # wait for an operator's resend after MARKETPLACE_RETRY_FOR, how many resends were asked
+        # (it wakes them), how many sends beside the life were asked (each one starts after it was
+        # asked), how many sends the marketplace took, and the resend actions whose outcome is due.
+        self._sends_in_flight = 0
+        self._awaiting_resend = 0
+        self._resends_asked = 0
+        self._sends_owed = 0
+        self._sends_taken = 0
+        self._resend_actions: list[OperatorAction] = []
+        # Why the marketplace lacks the invoice (or its tracking) it must have, while it does:
+        # `attention`, and `InvoiceNotDelivered` in the Temporal UI.
+        self._undelivered: str | None = None
         # While the order follows its parcel; `stop_tracking`'s action once an operator gave it up.
         self._following_parcel = False
         self._tracking_stopped: OperatorAction | None = None
@@ -669,56 +678,65 @@ class OrderWorkflow:
         return "the invoice was committed before the cancellation could stop it"
 
     async def _deliver_invoice(self) -> None:
+        """The life's delivery of the invoice and its tracking (`_deliver_until_taken`)."""
+        await self._deliver_until_taken(beside_life=False)
+
+    async def _deliver_until_taken(self, beside_life: bool) -> None:
         """Send the invoice, then the tracking, until the marketplace has taken both.
 
         Each send is retried for MARKETPLACE_RETRY_FOR (any answer but a 2xx is a failed
         delivery). After it, or at once when no attempt can send it (an invalid URL, a host the
-        allow-list refuses), the order shows `attention` and waits for an operator's
-        `resend_invoice`. An operator's cancellation in Temporal ends that wait: the order then
-        closes with the invoice undelivered (`InvoiceNotDelivered` in the Temporal UI).
+        allow-list refuses), the order shows `attention` and `InvoiceNotDelivered`, and waits for
+        an operator's `resend_invoice`. An operator's cancellation in Temporal ends the send and
+        the wait: the order then closes with the invoice undelivered. The life's delivery also
+        ends once another send got both through; a send beside the life (a refused
+        cancellation's) must be its own, started after it was asked.
         """
         while True:
-            outcome = "delivered beside the order's life"
-            if not self._invoice_delivered():
-                self._delivering_invoice = True
-                outcome = await self._send_invoice_and_tracking()
-                self._delivering_invoice = False
-            if self._resend is not None:
-                self._resend.outcome += f"; {outcome}"
-                self._resend = None
-            if self._invoice_delivered():
-                self._attention = None
+            asked, taken_before = self._resends_asked, self._sends_taken
+            self._sends_in_flight += 1
+            try:
+                taken, outcome = await self._send_invoice_and_tracking()
+            finally:
+                self._sends_in_flight -= 1
+            for action in self._resend_actions:
+                action.outcome += f"; {outcome}"
+            self._resend_actions.clear()
+            if taken or (not beside_life and self._sends_taken != taken_before):
+                if taken and self._undelivered is not None:
+                    self._undelivered = self._attention = None
                 self._show()
                 return
-            view = self._invoice_view
-            assert view is not None
-            what = "invoice" if view.send_error else "tracking"
-            error = view.send_error or view.tracking_send_error
+            self._undelivered = outcome
             self._attention = (
-                f"the marketplace has not taken the {what}: {error}; once it can, send it again"
-                " with the resend_invoice action"
+                f"{outcome}; once the marketplace can take it, send it again with the "
+                "resend_invoice action"
             )
-            self._awaiting_resend = True
+            self._awaiting_resend += 1
             self._show()
-            # Or a resend beside the life (a refused cancellation's) got it through.
             await workflow.wait_condition(
-                lambda: self._resend is not None or self._close_early or self._invoice_delivered()
+                lambda: (
+                    self._resends_asked != asked  # noqa: B023
+                    or self._close_early
+                    or self._undelivered is None
+                )
             )
-            self._awaiting_resend = False
-            if self._resend is None and not self._invoice_delivered():
-                return  # An operator closed the order in Temporal.
+            self._awaiting_resend -= 1
+            if self._resends_asked == asked:
+                return  # Delivered by another send, or an operator closed the order.
 
-    def _invoice_delivered(self) -> bool:
-        """Whether the marketplace has taken the invoice and its tracking (if it has one)."""
-        view = self._invoice_view
-        if view is None or view.sent_at is None or view.send_error:
-            return False
-        return self._tracking is None or (
-            view.tracking_sent_at is not None and not view.tracking_send_error
-        )
+    async def _send_beside_life(self) -> None:
+        """The sends asked beside the life (a refused cancellation's, an operator's), until each
+        was followed by a delivery that started after it was asked."""
+        done = 0
+        while done != self._sends_owed and not self._close_early:
+            asked = self._sends_owed
+            await self._deliver_until_taken(beside_life=True)
+            done = asked
 
-    async def _send_invoice_and_tracking(self) -> str:
-        """One send of the invoice, then of its tracking: what came of it, in words.
+    async def _send_invoice_and_tracking(self) -> tuple[bool, str]:
+        """One send of the invoice, then of its tracking: whether the marketplace took both, and
+        what came of it, in words.
 
         Once the marketplace has taken the invoice (or the tracking) it counts as delivered,
         whatever a later or concurrent send meets: such errors are only told, not recorded.
@@ -726,14 +744,14 @@ class OrderWorkflow:
         assert self._invoice is not None and self._invoice_view is not None
         view = self._invoice_view
         try:
-            await self._send_invoice()
+            await self._send_invoice(stop=lambda: self._close_early)
         except ActivityError as err:
             error = failure_text(err)
             workflow.logger.error("order %s: invoice not sent: %s", self._order.order_id, error)
             if view.sent_at is None:
                 view.send_error = error
                 self._show()
-            return f"the invoice was not taken: {error}"
+            return False, f"the marketplace has not taken the invoice: {error}"
         if view.sent_at is None:
             view.sent_at = workflow.now()
         else:
@@ -741,7 +759,8 @@ class OrderWorkflow:
         view.send_error = None
         self._show()
         if self._tracking is None:
-            return f"the marketplace took the invoice at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
+            self._sends_taken += 1
+            return True, f"the marketplace took it at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
         invoice, tracking = self._invoice, self._tracking
         try:
             await self._call(
@@ -749,6 +768,7 @@ class OrderWorkflow:
                 lambda: workflow.start_activity_method(
                     FulfillmentActivities.send_tracking,
                     TrackingNotice(
+                        retry_any_answer=self._in_control,
                         marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                         marketplace_order_id=self._order.marketplace_order_id,
                         invoice_number=invoice.invoice_number,
@@ -761,6 +781,7 @@ class OrderWorkflow:
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     summary=f"send tracking of {invoice.invoice_number}",
                 ),
+                stop=lambda: self._close_early,
             )
         except ActivityError as err:
             error = failure_text(err)
@@ -768,11 +789,12 @@ class OrderWorkflow:
             if view.tracking_sent_at is None:
                 view.tracking_send_error = error
                 self._show()
-            return f"the tracking was not taken: {error}"
+            return False, f"the marketplace has not taken the tracking: {error}"
         view.tracking_sent_at = view.tracking_sent_at or workflow.now()
         view.tracking_send_error = None
+        self._sends_taken += 1
         self._show()
-        return f"the marketplace took them at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
+        return True, f"the marketplace took them at {workflow.now():%Y-%m-%d %H:%M:%S} UTC"
 
     async def _notify_marketplace(self) -> None:
         """Send the invoice, then the tracking; a refusal is recorded, the order stays invoiced.
@@ -797,6 +819,7 @@ class OrderWorkflow:
             await workflow.execute_activity_method(
                 FulfillmentActivities.send_tracking,
                 TrackingNotice(
+                    retry_any_answer=self._in_control,
                     marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                     marketplace_order_id=self._order.marketplace_order_id,
                     invoice_number=self._invoice.invoice_number,
@@ -943,6 +966,7 @@ class OrderWorkflow:
                 lambda: workflow.start_activity_method(
                     FulfillmentActivities.send_tracking_status,
                     TrackingStatusNotice(
+                        retry_any_answer=self._in_control,
                         marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                         marketplace_order_id=self._order.marketplace_order_id,
                         invoice_number=invoice_number,
@@ -1058,7 +1082,7 @@ class OrderWorkflow:
         finally:
             self._waiting_on.remove(f"a pause ({summary})")
 
-    async def _send_invoice(self) -> None:
+    async def _send_invoice(self, stop: Callable[[], bool] = lambda: False) -> None:
         assert self._invoice is not None
         invoice = self._invoice
         await self._call(
@@ -1066,6 +1090,7 @@ class OrderWorkflow:
             lambda: workflow.start_activity_method(
                 FulfillmentActivities.send_invoice,
                 InvoiceNotice(
+                    retry_any_answer=self._in_control,
                     marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                     marketplace_order_id=self._order.marketplace_order_id,
                     invoice=invoice,
@@ -1077,6 +1102,7 @@ class OrderWorkflow:
                 cancellation_type=self._cancellation_type,
                 summary=f"send invoice {invoice.invoice_number}",
             ),
+            stop=stop,
         )
 
     @property
@@ -1108,6 +1134,7 @@ class OrderWorkflow:
                 lambda: workflow.start_activity_method(
                     FulfillmentActivities.send_cancellation,
                     CancellationNotice(
+                        retry_any_answer=self._in_control,
                         marketplace_services_endpoint=self._order.marketplace_services_endpoint,
                         marketplace_order_id=self._order.marketplace_order_id,
                         reason=cancellation.reason or "canceled by the seller",
@@ -1274,7 +1301,10 @@ class OrderWorkflow:
             "order %s: cancellation refused, invoiced%s", self._order.order_id, named, extra=fields
         )
         resend = "the invoice is being sent to the marketplace again"
-        if self._patched(REFUSAL_ANSWERS_BEFORE_RESEND):
+        if self._in_control:
+            # Its own send, started after this refusal, even if another is in flight.
+            self._send_again_beside_life()
+        elif self._patched(REFUSAL_ANSWERS_BEFORE_RESEND):
             if self._invoice_resend is None:
                 self._invoice_resend = asyncio.create_task(self._resend_invoice())
         else:
@@ -1291,13 +1321,18 @@ class OrderWorkflow:
             non_retryable=True,
         )
 
+    def _send_again_beside_life(self) -> None:
+        """Ask for one more send beside the life; started now unless one is running, which then
+        sends again once its send in flight is done."""
+        self._sends_owed += 1
+        if self._invoice_resend is None or self._invoice_resend.done():
+            self._invoice_resend = asyncio.create_task(self._send_beside_life())
+
     async def _resend_invoice(self) -> None:
-        """The invoice again; once taken, it counts as delivered whatever earlier sends met."""
+        """The invoice again; once taken, it counts as delivered whatever earlier sends met (orders
+        started before OPERATORS_IN_CONTROL)."""
         view = self._invoice_view
         assert view is not None
-        if self._in_control:
-            await self._send_invoice_and_tracking()
-            return
         try:
             await self._send_invoice()
         except ActivityError as err:
@@ -1316,21 +1351,22 @@ class OrderWorkflow:
     def resend_invoice(self, request: OperatorRequest) -> OperatorAction:
         """Send the invoice and its tracking to the marketplace again, now."""
         action = self._operator_action(OperatorActionName.RESEND_INVOICE, request)
-        resend = self._invoice_resend
-        if self._delivering_invoice or (resend is not None and not resend.done()):
+        if self._sends_in_flight:
             self._retries_asked += 1
             action.outcome = "a send was in progress: it is retried now"
         elif self._awaiting_resend:
-            self._resend = action
+            self._resends_asked += 1
             action.outcome = "sending the invoice and the tracking again"
         else:
-            self._invoice_resend = asyncio.create_task(self._resend_on_request(action))
+            self._send_again_beside_life()
             action.outcome = "sending the invoice and the tracking again"
+        self._resend_actions.append(action)
         return self._record(action)
 
     @resend_invoice.validator
     def _validate_resend_invoice(self, request: OperatorRequest) -> None:
-        self._check_operator_request(request)
+        # Past the cap too while the invoice waits for it: nothing else could deliver it.
+        self._check_operator_request(request, capped=not self._awaiting_resend)
         if self._invoice_view is None:
             self._refuse_action(f"it has no invoice to send ({self._status})")
 
@@ -1367,7 +1403,7 @@ class OrderWorkflow:
                 f"it is not following a parcel ({self._status}{'; ' + stopped if stopped else ''})"
             )
 
-    def _check_operator_request(self, request: OperatorRequest) -> None:
+    def _check_operator_request(self, request: OperatorRequest, capped: bool = True) -> None:
         """What every operator's action must satisfy, from whichever client it comes."""
         if not self._in_control:
             self._refuse_action("it was started before operators' actions existed")
@@ -1376,7 +1412,7 @@ class OrderWorkflow:
             self._refuse_action("`by` must name who asks: 1 to 200 printable characters")
         if reason is not None and (len(reason) > 1000 or not reason.isprintable()):
             self._refuse_action("`reason` must be at most 1000 printable characters")
-        if len(self._operator_actions) >= MAX_OPERATOR_ACTIONS:
+        if capped and len(self._operator_actions) >= MAX_OPERATOR_ACTIONS:
             self._refuse_action(f"it has recorded {MAX_OPERATOR_ACTIONS} actions already")
 
     def _refuse_action(self, why: str) -> None:
@@ -1409,12 +1445,6 @@ class OrderWorkflow:
         )
         self._show()
         return action
-
-    async def _resend_on_request(self, action: OperatorAction) -> None:
-        """An operator's resend of an invoice the marketplace had taken (or one the order gave
-        up before operators' actions could wait for them)."""
-        action.outcome += f"; {await self._send_invoice_and_tracking()}"
-        self._show()
 
     # ── The query: the order as people see it ─────────────────────────────────────────────
 
@@ -1579,7 +1609,11 @@ class OrderWorkflow:
             search.SELLER_ORDER_ID.name: self._order.order_id,
             search.ORDER_STATUS.name: str(self._status),
             search.FULFILLMENT_STEP.name: str(self._current_step or ""),
-            search.INVOICE_NOT_DELIVERED.name: bool(invoice and invoice.send_error),
+            search.INVOICE_NOT_DELIVERED.name: (
+                self._undelivered is not None
+                if self._in_control
+                else bool(invoice and invoice.send_error)
+            ),
         }
         changed = {
             name: value for name, value in values.items() if self._published.get(name) != value

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 
 from api import operator_actions
 from api.deps import ClientDep, SettingsDep, require_ops_token
-from api.errors import read_json, validation_error
+from api.errors import ApiError, read_json, validation_error
 from workflows.messages import CamelModel, OperatorAction, OperatorRequest
 
 router = APIRouter(prefix="/orders", tags=["Operations"], dependencies=[Depends(require_ops_token)])
@@ -34,6 +34,12 @@ class OperatorCall(CamelModel):
 async def _act(
     name: str, path_id: str, request: Request, client: ClientDep, settings: SettingsDep
 ) -> OperatorAction:
+    # Not for pages: a browser's cross-site POST carries an Origin, and only JSON is read (which
+    # a page cannot send to another site without CORS's preflight, not answered here).
+    if "origin" in request.headers:
+        raise ApiError(403, "OriginNotAllowed", "operators' actions are not for web pages")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
     try:
         call = OperatorCall.model_validate(await read_json(request))
     except ValidationError as err:
