@@ -61,7 +61,9 @@ async def test_a_name_that_resolves_to_a_private_address_gets_no_call_and_no_cre
         assert (await stack.place(order_id)).status_code == 200
         await stack.dispatch(order_id)
 
-        order = await stack.wait_for(order_id, lambda o: o["invoice"] and o["invoice"]["sendError"])
+        order = await stack.wait_for(
+            order_id, lambda o: o["invoice"] and o["invoice"]["sendError"], within=20
+        )
 
         assert "MarketplaceHostRefused" in order["invoice"]["sendError"]
         assert "non-public" in order["invoice"]["sendError"]
@@ -76,8 +78,9 @@ async def test_credentials_go_to_an_allowed_host_and_no_answer_body_reaches_get(
         tmp_path,
         marketplace_app_key="seller-key",
         marketplace_app_token="seller-token",
+        marketplace_retry_for="2s",
     ) as stack:
-        stack.marketplace.fail_next("invoice", 1, status=400)
+        stack.marketplace.fail_next("invoice", 1000, status=400)
         order_id = new_order_id()
         await stack.place(order_id)
         await stack.dispatch(order_id)
