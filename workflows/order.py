@@ -461,17 +461,9 @@ class OrderWorkflow:
         workflow.logger.warning("order %s: %s", self._order.order_id, self._attention)
         self._show()
         try:
-            reservation: Reservation = await self._call(
-                f"reserve stock for {self._order.order_id}",
-                lambda: workflow.start_activity_method(
-                    FulfillmentActivities.reserve_stock,
-                    self._warehouse_order,
-                    start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=WAREHOUSE_RETRY,
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=f"reserve stock for {self._order.order_id} (retrying)",
-                ),
+            reservation: Reservation = await self._call_warehouse(
+                FulfillmentActivities.reserve_stock,
+                f"reserve stock for {self._order.order_id} (retrying)",
                 stop=lambda: self._status != OrderStatus.RESERVING,
             )
             return reservation
@@ -535,17 +527,10 @@ class OrderWorkflow:
         self._show()
         workflow.logger.info("order %s: %s started", self._order.order_id, step)
         try:
-            result = await self._call(
+            result = await self._call_warehouse(
+                activity,
                 f"{step} {self._order.order_id}",
-                lambda: workflow.start_activity_method(
-                    activity,
-                    self._warehouse_order,
-                    start_to_close_timeout=STEP_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=WAREHOUSE_RETRY,
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=f"{step} {self._order.order_id}",
-                ),
+                start_to_close=STEP_TIMEOUT,
                 stop=lambda: self._status != OrderStatus.FULFILLING,
             )
         except (ActivityError, asyncio.CancelledError) as err:
@@ -599,17 +584,9 @@ class OrderWorkflow:
         """
         while True:
             try:
-                invoice: Invoice = await self._call(
+                invoice: Invoice = await self._call_warehouse(
+                    FulfillmentActivities.issue_invoice,
                     f"invoice {self._order.order_id} (already issued)",
-                    lambda: workflow.start_activity_method(
-                        FulfillmentActivities.issue_invoice,
-                        self._warehouse_order,
-                        start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                        retry_policy=WAREHOUSE_RETRY,
-                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                        summary=f"invoice {self._order.order_id} (already issued)",
-                    ),
                 )
             except ActivityError as err:
                 if not self._patched(COMMITTED_INVOICE_FETCH_RETRIED):
@@ -634,17 +611,8 @@ class OrderWorkflow:
         """
         while True:
             try:
-                done = await self._call(
-                    f"{activity.__name__} {self._order.order_id}",
-                    lambda: workflow.start_activity_method(
-                        activity,
-                        self._warehouse_order,
-                        start_to_close_timeout=WAREHOUSE_CALL_TIMEOUT,
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                        retry_policy=WAREHOUSE_RETRY,
-                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                        summary=f"compensate {self._order.order_id}",
-                    ),
+                done = await self._call_warehouse(
+                    activity, f"compensate {self._order.order_id} ({activity.__name__})"
                 )
             except ActivityError as err:
                 if refusal_type(err) == "AlreadyInvoiced":
@@ -1068,6 +1036,29 @@ class OrderWorkflow:
                     raise
         finally:
             self._waiting_on.remove(what)
+
+    async def _call_warehouse(
+        self,
+        activity: Callable[..., Any],
+        summary: str,
+        start_to_close: timedelta = WAREHOUSE_CALL_TIMEOUT,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """A warehouse activity on the order through `_call` (so `retry_now` restarts it): it
+        heartbeats, is retried by WAREHOUSE_RETRY, and its cancellation is waited for."""
+        return await self._call(
+            summary,
+            lambda: workflow.start_activity_method(
+                activity,
+                self._warehouse_order,
+                start_to_close_timeout=start_to_close,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=WAREHOUSE_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=summary,
+            ),
+            stop=stop,
+        )
 
     async def _pause(self, duration: timedelta, summary: str) -> None:
         """Wait `duration` before trying again, or less if an operator asks to retry now."""
