@@ -42,6 +42,7 @@ from config import Settings, get_settings
 from logs import configure_logging
 from workflows import search
 from workflows.order import OrderWorkflow
+from workflows.parcel import ParcelWorkflow
 from workflows.sku_changes import SkuChangesWorkflow
 
 _INDEXED_TYPES = {
@@ -147,7 +148,7 @@ async def run_worker(
             client,
             workflow_runner=workflow_runner(settings),
             task_queue=settings.task_queue,
-            workflows=[OrderWorkflow],
+            workflows=[OrderWorkflow, ParcelWorkflow],
             activities=activities.all(),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -30,20 +30,9 @@ if TYPE_CHECKING:
 # that lasts; sent again every minute for a day, every change of every such SKU would cost 1,440
 # calls.
 NOTIFICATION_ANSWERS = frozenset({404})
-# What orders placed before that rule (issue 16) retry, everything else being final for them: they
-# have no bound on a send and no operator's resend, so a 400 retried would be retried forever.
-EARLIER_RETRYABLE_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 
-class OrderNotice(CamelModel):
-    """A call about an order: whether every answer but a 2xx is retried (the order bounds its
-    sends and waits for an operator after them), or only those retrying can fix (orders placed
-    before it)."""
-
-    retry_any_answer: bool = False
-
-
-class InvoiceNotice(OrderNotice):
+class InvoiceNotice(CamelModel):
     """Send the invoice of an order to its marketplace."""
 
     marketplace_services_endpoint: str
@@ -52,7 +41,7 @@ class InvoiceNotice(OrderNotice):
     tracking: Tracking | None = None
 
 
-class TrackingNotice(OrderNotice):
+class TrackingNotice(CamelModel):
     """Send the tracking information of an invoiced order to its marketplace."""
 
     marketplace_services_endpoint: str
@@ -62,7 +51,7 @@ class TrackingNotice(OrderNotice):
     dispatched_date: datetime
 
 
-class TrackingStatusNotice(OrderNotice):
+class TrackingStatusNotice(CamelModel):
     """Tell the marketplace where the parcel of an invoice is, and whether it is delivered."""
 
     marketplace_services_endpoint: str
@@ -83,7 +72,7 @@ class ChangeNotice(CamelModel):
     kind: str  # price | inventory
 
 
-class CancellationNotice(OrderNotice):
+class CancellationNotice(CamelModel):
     """Tell the marketplace the seller canceled an order (`requestCancelOrderMarketplace`)."""
 
     marketplace_services_endpoint: str
@@ -239,17 +228,16 @@ class MarketplaceClient:
             notice.marketplace_order_id,
             *tail,
         )
-        return await self._post(url, body, any_answer=notice.retry_any_answer)
+        return await self._post(url, body)
 
     async def _post(
         self,
         url: str,
         body: dict[str, Any] | None,
         final: frozenset[int] = frozenset(),
-        any_answer: bool = True,
     ) -> MarketplaceAnswer:
         try:
-            return await self._post_checked(url, body, final, any_answer)
+            return await self._post_checked(url, body, final)
         except (MarketplaceNotDelivered, ApplicationError) as err:
             _count_failure(err)
             raise
@@ -266,7 +254,7 @@ class MarketplaceClient:
             raise failure from err
 
     async def _post_checked(
-        self, url: str, body: dict[str, Any] | None, final: frozenset[int], any_answer: bool
+        self, url: str, body: dict[str, Any] | None, final: frozenset[int]
     ) -> MarketplaceAnswer:
         try:
             checked = await self._hosts.check_when_sending(url)
@@ -289,8 +277,6 @@ class MarketplaceClient:
             raise MarketplaceNotDelivered(f"POST {url}: {type(err).__name__}: {err}") from err
         status = response.status_code
         reason = response.reason_phrase[:100]
-        if not any_answer and 300 <= status < 500 and status not in EARLIER_RETRYABLE_STATUSES:
-            final = final | {status}
         if status in final:
             # The status line only: the answer's body is the marketplace's (or whoever answered)
             # and must not travel into the workflow's state.

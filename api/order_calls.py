@@ -50,8 +50,10 @@ from workflows.messages import (
     PendingCall,
     PlacementResult,
     PlaceRequest,
+    vtex_date,
 )
-from workflows.order import OrderWorkflow, vtex_date
+from workflows.order import OrderWorkflow
+from workflows.parcel import ParcelWorkflow
 
 log = logging.getLogger("api")
 
@@ -315,6 +317,7 @@ async def get_order(client: Client, settings: Settings, path_id: str) -> OrderVi
         if view is not None:
             if view.live:
                 await _pending_calls(client, settings, view)
+                await _parcel_delivery(client, settings, view)
             return view
     raise not_found(path_id)
 
@@ -331,6 +334,20 @@ async def _pending_calls(client: Client, settings: Settings, view: OrderView) ->
         return  # The order itself was read; what it is retrying is a nice-to-have.
     view.pending_calls = pending_calls(description)
     view.workflow_status = workflow_status(description)
+
+
+async def _parcel_delivery(client: Client, settings: Settings, view: OrderView) -> None:
+    """While the order's parcel is followed (in a workflow of its own), its delivery so far, from
+    that workflow's query. Without an answer the view says none: the order itself was read."""
+    if view.parcel_workflow_id is None or view.delivery is not None:
+        return
+    handle = client.get_workflow_handle_for(ParcelWorkflow.run, view.parcel_workflow_id)
+    try:
+        view.delivery = await asyncio.wait_for(
+            handle.query(ParcelWorkflow.delivery), settings.order_query_timeout_seconds
+        )
+    except (RPCError, TimeoutError, WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
+        log.warning("the parcel of %s could not be read: %s", view.order_id, err)
 
 
 async def _on_order(

@@ -94,6 +94,8 @@ class Process:
     health_url: str | None = None
     # A line its log prints once it is ready (a worker has no port to wait on).
     ready_text: str | None = None
+    # The code it runs: the repository's, or another version's tree (tests/test_upgrade.py).
+    cwd: Path = ROOT
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
     # The process group of every start (its pid: each start is a session leader).
@@ -124,7 +126,7 @@ class Process:
             # and a Ctrl-C in the caller's terminal does not reach it behind our back.
             self.popen = subprocess.Popen(
                 self.command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -324,7 +326,7 @@ class ProcessStack:
             health_url=f"{self.marketplace_url}/healthz",
         )
 
-    def _new_worker(self, env: dict[str, str] | None = None) -> Process:
+    def _new_worker(self, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Process:
         self._worker_count += 1
         n = self._worker_count
         return Process(
@@ -336,12 +338,16 @@ class ProcessStack:
             | (env or {}),
             self.workdir / f"worker-{n}.log",
             ready_text="worker polling task queue",
+            cwd=cwd,
         )
 
-    def add_worker(self, env: dict[str, str] | None = None, *, start: bool = True) -> Process:
+    def add_worker(
+        self, env: dict[str, str] | None = None, *, start: bool = True, cwd: Path = ROOT
+    ) -> Process:
         """One more worker (named after the ones before: worker-3, worker-4...), with `env` on top
-        of the stack's settings; started (and waited for) unless `start` is false."""
-        worker = self._new_worker(env)
+        of the stack's settings, running the code in `cwd`; started (and waited for) unless
+        `start` is false."""
+        worker = self._new_worker(env, cwd)
         self.workers.append(worker)
         if start:
             worker.start()

@@ -7,6 +7,7 @@ the invoice is refused all along."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from activities.simulated_warehouse import SimulatedWarehouse
+from activities.warehouse import WarehouseOrder
 from tests.stack import Stack, new_order_id, running_stack
+from workflows.parcel import ParcelToFollow, ParcelWorkflow
 
 
 class NoTrackingWarehouse(SimulatedWarehouse):
@@ -53,7 +56,8 @@ async def test_an_invoiced_order_follows_its_parcel_to_delivered(
 
         order = await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
         after = await stack.cancel(order_id)
-        history = [event async for event in stack.handle(order_id).fetch_history_events()]
+        parcel = temporal_env.client.get_workflow_handle(order["parcelWorkflowId"])
+        history = [event async for event in parcel.fetch_history_events()]
 
     # The cancellation's update id is fixed: its retry gets the first answer.
     assert after.status_code == 409 and after.json() == refused.json()
@@ -79,7 +83,8 @@ async def test_an_invoiced_order_follows_its_parcel_to_delivered(
     assert order["delivery"]["eventsReported"] == 3
     assert order["invoicedAt"] < order["deliveredAt"]
     assert order["cancellation"]["outcome"] == "refused"
-    # Durable timers between the polls.
+    # The parcel is followed in a workflow of its own, with durable timers between the polls.
+    assert order["parcelWorkflowId"] == f"order-{order_id}-parcel"
     fired = [e for e in history if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
     assert fired, "no timer between polls"
 
@@ -205,3 +210,94 @@ async def test_an_in_transit_status_refused_once_is_retried(
     counts = [(post.status, len(post.body["events"])) for post in posts]
     assert counts == [(400, 1), (200, 1), (200, 2), (200, 3)], counts
     assert order["attention"] is None and order["delivery"]["reportRefusals"] == 0
+
+
+async def order_events(stack: Stack, order_id: str) -> int:
+    return len([event async for event in stack.handle(order_id).fetch_history_events()])
+
+
+async def test_the_orders_history_does_not_grow_with_polls(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # The same order, delivered after 2 s and after 6 s (about 3 and 7 polls): the polls are the
+    # parcel's workflow's, and the order's history is the same length either way.
+    counted = {}
+    for delivery_time in ("2s", "6s"):
+        async with following(
+            temporal_env, tmp_path / delivery_time, carrier_delivery_time=delivery_time
+        ) as stack:
+            order_id = await placed_and_dispatched(stack)
+            view = await asyncio.wait_for(stack.handle(order_id).result(), 30)
+            assert view.status == "delivered"
+            parcel = temporal_env.client.get_workflow_handle(view.parcel_workflow_id or "")
+            polls = [
+                event
+                async for event in parcel.fetch_history_events()
+                if event.event_type == EventType.EVENT_TYPE_TIMER_FIRED
+            ]
+            counted[delivery_time] = (await order_events(stack, order_id), len(polls))
+
+    (quick, quick_polls), (slow, slow_polls) = counted["2s"], counted["6s"]
+    assert slow_polls > quick_polls, counted
+    assert quick == slow, counted
+    # 72 on this code; 113 and 201 when the order polled itself (before issue 17).
+    assert slow <= 75, counted
+
+
+async def runs_of(temporal_env: WorkflowEnvironment, workflow_id: str) -> int:
+    """How many runs a workflow has had, the last one included (each continued as new from the
+    one before, as the first event of its history says)."""
+    runs, run_id = 0, None
+    while True:
+        handle = temporal_env.client.get_workflow_handle(workflow_id, run_id=run_id)
+        history = await handle.fetch_history()
+        runs += 1
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id
+        if not run_id:
+            return runs
+
+
+async def test_the_parcels_workflow_continues_as_new_keeping_what_the_marketplace_has(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # The carrier delivers after 6 s; the parcel's workflow, started here on its own with a run of
+    # at most 30 events (a poll costs about 11), continues as new several times on the way.
+    async with running_stack(
+        temporal_env, tmp_path, carrier_delivery_time="6s", late_call_window="0s"
+    ) as stack:
+        order_id = await placed_and_dispatched(stack)
+        invoiced = await stack.handle(order_id).result()  # tracking off: ends invoiced
+        assert invoiced.invoice is not None
+        job = ParcelToFollow(
+            order_id=invoiced.order_id,
+            marketplace_order_id=order_id,
+            marketplace_services_endpoint=stack.endpoint,
+            invoice_number=invoiced.invoice.invoice_number,
+            warehouse_order=WarehouseOrder(
+                order_id=invoiced.order_id, marketplace_order_id=order_id, lines=invoiced.items
+            ),
+            poll_seconds=1,
+            send_bound_seconds=10,
+            give_up_at=datetime.now(UTC) + timedelta(days=1),
+            events_per_run=30,
+        )
+        handle = await temporal_env.client.start_workflow(
+            ParcelWorkflow.run,
+            job,
+            id=f"parcel-test-{order_id}",
+            task_queue=stack.settings.task_queue,
+        )
+        outcome = await asyncio.wait_for(handle.result(), 30)
+        runs = await runs_of(temporal_env, handle.id)
+        last_run = [event async for event in handle.fetch_history_events()]
+
+    assert outcome.delivery.delivered and outcome.attention is None
+    assert outcome.delivery.events_reported == 3
+    assert runs >= 3, f"{runs} runs"
+    assert len(last_run) <= 45, len(last_run)
+    # Each post carried more events than the one before, across the runs: what the marketplace
+    # had went with each continue-as-new.
+    posts = stack.marketplace.calls(kind="tracking_status", marketplace_order_id=order_id)
+    counts = [len(post.body["events"]) for post in posts]
+    assert counts == [1, 2, 3], counts

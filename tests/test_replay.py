@@ -24,6 +24,7 @@ from temporalio.worker import Replayer
 from tests.stack import Stack, new_order_id, placement_example, running_stack
 from workflows import ids
 from workflows.order import OrderWorkflow
+from workflows.parcel import ParcelWorkflow
 from workflows.sku_changes import SkuChangesWorkflow
 
 HISTORY_DIR = Path(__file__).resolve().parent / "histories"
@@ -32,7 +33,8 @@ HISTORY_DIR = Path(__file__).resolve().parent / "histories"
 def replayer() -> Replayer:
     """A replayer of the service's workflows with its data converter."""
     return Replayer(
-        workflows=[OrderWorkflow, SkuChangesWorkflow], data_converter=pydantic_data_converter
+        workflows=[OrderWorkflow, ParcelWorkflow, SkuChangesWorkflow],
+        data_converter=pydantic_data_converter,
     )
 
 

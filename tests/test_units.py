@@ -15,8 +15,7 @@ from tests.stack import CONTRACT_DIR
 from workflows import ids
 from workflows.durations import parse_duration
 from workflows.lifecycle import NEXT_STATUSES, can_move, dispatch_refusal, is_final
-from workflows.messages import OrderLine, OrderStatus, Tracking
-from workflows.order import vtex_date
+from workflows.messages import OrderLine, OrderStatus, Tracking, vtex_date
 
 
 def assert_marketplace_schema(instance: object, schema_name: str) -> None:

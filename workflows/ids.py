@@ -36,6 +36,11 @@ def workflow_id(marketplace_order_id: str) -> str:
     return f"{WORKFLOW_PREFIX}{marketplace_order_id}"
 
 
+def parcel_workflow_id(order_workflow_id: str) -> str:
+    """The workflow that follows an order's parcel, e.g. `order-1138342255777-01-parcel`."""
+    return f"{order_workflow_id}-parcel"
+
+
 def marketplace_ids_for_path(path_id: str) -> list[str]:
     """The marketplaceOrderIds a path id may stand for, most likely first.
 

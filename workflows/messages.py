@@ -7,7 +7,7 @@ one, so fields can be added without breaking running orders.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -16,6 +16,11 @@ from pydantic.alias_generators import to_camel
 
 # The seed's date format, "2014-10-06 18:52:00", always UTC.
 VTEX_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def vtex_date(moment: datetime) -> str:
+    """The seed's receipt date: `2014-10-06 18:52:00`, UTC."""
+    return moment.astimezone(UTC).strftime(VTEX_DATE_FORMAT)
 
 
 class CamelModel(BaseModel):
@@ -321,6 +326,9 @@ class OrderView(CamelModel):
     tracking: Tracking | None = None
     invoice: InvoiceView | None = None
     delivery: DeliveryView | None = None
+    # The workflow that follows the parcel once the invoice is taken (workflows/parcel.py): while
+    # it runs, the API reads `delivery` from it.
+    parcel_workflow_id: str | None = None
     # What operators asked of the order (resend, retry now, stop tracking), oldest first.
     operator_actions: list[OperatorAction] = []
     # Filled in by the API from Temporal (the workflow cannot see its activities' retries).
