@@ -46,10 +46,10 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-## readme: README.md's sessions run on fresh `make run` stacks, their outputs written into it
-## (those that changed); tests/test_readme.py checks them in `make test`.
+## readme: the sessions of README.md and docs/*.md run on fresh `make run` stacks, their outputs
+## written into their pages (those that changed); tests/test_readme.py checks them in `make test`.
 readme: $(STAMP)
-	$(PY) -m devtools.readme_sessions record README.md
+	$(PY) -m devtools.readme_sessions record README.md docs/*.md
 
 ## bench: throughput and latency of the whole stack on this machine.
 bench: $(STAMP)

@@ -1,9 +1,9 @@
-"""Run the console sessions a Markdown file shows against a real `make run`, and check that each
+"""Run the console sessions Markdown files show against a real `make run`, and check that each
 output is still what the file says (or write what the run printed into the file).
 
-    python -m devtools.readme_sessions check README.md                  # every session in it
-    python -m devtools.readme_sessions check README.md --session try-it
-    python -m devtools.readme_sessions record README.md                 # `make readme`
+    python -m devtools.readme_sessions check                            # README.md and docs/*.md
+    python -m devtools.readme_sessions check docs/try-it.md --session try-it
+    python -m devtools.readme_sessions record README.md docs/*.md       # `make readme`
     python -m devtools.readme_sessions list docs/some-page.md
 
 The format, in the Markdown itself (comments do not show once rendered):
@@ -41,7 +41,9 @@ prints a unified diff naming the file, its line and the session.
 `record` runs the sessions and, for each session with any output that differs, rewrites all of
 that session's outputs from the run (one consistent run per session: the receipt of the dispatch
 is the one the order shows); a session whose outputs all match is left as it is. `make readme`
-records README.md; tests/test_readme.py (in `make test`) checks it.
+records README.md and every docs/ page that holds a session; tests/test_readme.py (in `make
+test`) checks them where they live. A session lives in one file, and its name is unique across
+the files of a run.
 """
 
 from __future__ import annotations
@@ -592,16 +594,47 @@ def run_sessions(
         return {name: future.result() for name, future in futures.items()}
 
 
-def select(path: Path, names: Sequence[str]) -> list[Session]:
-    """The sessions of `path` named (all when none is)."""
-    sessions = parse(path)
+def session_files(root: Path = ROOT) -> list[Path]:
+    """README.md and the docs/ pages that hold a session, in that order."""
+    candidates = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [
+        path
+        for path in candidates
+        if path.exists() and "<!-- session:" in path.read_text(encoding="utf-8")
+    ]
+
+
+def parse_files(paths: Sequence[Path]) -> list[Session]:
+    """The sessions of several files, file by file.
+
+    Raises:
+        FormatError: as `parse`, or one session name in two files (a session lives in one).
+    """
+    sessions: list[Session] = []
+    where: dict[str, Path] = {}
+    for path in paths:
+        for session in parse(path):
+            if session.name in where:
+                raise FormatError(
+                    f"{path}: session {session.name} is in {where[session.name]} already"
+                )
+            where[session.name] = path
+            sessions.append(session)
+    return sessions
+
+
+def select(paths: Path | Sequence[Path], names: Sequence[str]) -> list[Session]:
+    """The sessions of `paths` named (all when none is)."""
+    files = [paths] if isinstance(paths, Path) else list(paths)
+    sessions = parse_files(files)
     if not names:
         return sessions
     known = {session.name: session for session in sessions}
     unknown = [name for name in names if name not in known]
     if unknown:
+        shown = ", ".join(str(path) for path in files)
         raise FormatError(
-            f"{path}: no session {', '.join(unknown)} (it has {', '.join(known) or 'none'})"
+            f"{shown}: no session {', '.join(unknown)} (they have {', '.join(known) or 'none'})"
         )
     return [known[name] for name in names]
 
@@ -619,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         help="check: compare, exit 1 on a difference; record: write the run's outputs of the "
         "sessions that differ; list: the sessions and their commands, nothing run",
     )
-    parser.add_argument("file", type=Path, help="a Markdown file, e.g. README.md")
+    parser.add_argument(
+        "files",
+        type=Path,
+        nargs="*",
+        help="Markdown files (default: README.md and the docs/*.md pages that hold a session)",
+    )
     parser.add_argument(
         "--session", action="append", default=[], help="only this session (repeatable)"
     )
@@ -638,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="say nothing but mismatches")
     args = parser.parse_args(argv)
     try:
-        sessions = select(args.file, args.session)
+        sessions = select(args.files or session_files(), args.session)
     except FormatError as error:
         print(error, file=sys.stderr)
         return 2
@@ -658,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                 for number, command in enumerate(block.commands):
                     notes = ", ".join(note for note in (kind, "" if number else wait) if note)
                     print(
-                        f"  {args.file}:{command.line}: $ {command.text.splitlines()[0][:90]}"
+                        f"  {session.path}:{command.line}: $ {command.text.splitlines()[0][:90]}"
                         + (f"   [{notes}]" if notes else "")
                     )
         return 0
@@ -667,12 +705,16 @@ def main(argv: list[str] | None = None) -> int:
         sessions, jobs=args.jobs, wait_timeout=args.wait_timeout, keep=args.keep, say=say
     )
     if args.action == "record":
-        rewritten = record(args.file, sessions, outcomes)
-        for session in sessions:
-            state = (
-                "rewritten from this run" if session.name in rewritten else "as written, left alone"
-            )
-            print(f"{args.file}: session {session.name}: {state}")
+        for path in dict.fromkeys(session.path for session in sessions):
+            in_file = [session for session in sessions if session.path == path]
+            rewritten = record(path, in_file, outcomes)
+            for session in in_file:
+                state = (
+                    "rewritten from this run"
+                    if session.name in rewritten
+                    else "as written, left alone"
+                )
+                print(f"{path}: session {session.name}: {state}")
         return 0
     failed = False
     for session in sessions:
@@ -681,11 +723,19 @@ def main(argv: list[str] | None = None) -> int:
             print(mismatch, end="\n\n")
         failed = failed or bool(mismatches)
         if not mismatches:
-            print(
-                f"{args.file}: session {session.name}: {len(session.commands)} outputs as written"
-            )
+            count = len(session.commands)
+            print(f"{session.path}: session {session.name}: {count} outputs as written")
     if failed:
-        record_line = f"python -m devtools.readme_sessions record {args.file}"
+        differing = dict.fromkeys(
+            str(
+                session.path.relative_to(ROOT)
+                if session.path.is_relative_to(ROOT)
+                else session.path
+            )
+            for session in sessions
+            if compare(session, outcomes[session.name])
+        )
+        record_line = f"python -m devtools.readme_sessions record {' '.join(differing)}"
         print(f"some outputs differ; `{record_line}` writes the run's")
     return 1 if failed else 0
 

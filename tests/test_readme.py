@@ -1,6 +1,7 @@
-"""The README's sessions ("Try it", "The whole life", the metrics scrape) run against real
-`make run` stacks print what the README shows (devtools/readme_sessions.py); and the format's
-rules, on small documents of their own."""
+"""The sessions of README.md and docs/ (the README's whole life, docs/try-it.md's endpoints one
+by one, docs/operations.md's operators' actions) run against real `make run` stacks print what
+their pages show (devtools/readme_sessions.py); and the format's rules, on small documents of
+their own."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from devtools.readme_sessions import (
     compare,
     match_lines,
     parse,
+    parse_files,
     record,
     run_sessions,
+    session_files,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
 
 DOC = textwrap.dedent(
     """\
@@ -175,16 +178,32 @@ def test_record_rewrites_only_a_session_that_differs(doc: Path) -> None:
     assert [compare(session, outcomes[session.name]) for session in parse(doc)] == [[], []]
 
 
-def test_the_readme_shows_what_its_sessions_print() -> None:
-    """Both sessions on real `make run` stacks at once (each its own ports and DATA_DIR); then
-    the same outputs against a README altered in one line must fail, naming that line."""
-    sessions = parse(README)
-    assert {session.name for session in sessions} >= {"try-it", "whole-life"}
+def test_a_session_name_lives_in_one_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "one.md", tmp_path / "two.md"
+    first.write_text("<!-- session: s -->\n```console\n$ true\n```\n<!-- session-end -->\n")
+    second.write_text(first.read_text())
+    with pytest.raises(FormatError, match=r"two\.md: session s is in .*one\.md already"):
+        parse_files([first, second])
+
+
+def test_the_pages_show_what_their_sessions_print() -> None:
+    """Every session of README.md and docs/ on real `make run` stacks at once (each its own
+    ports and DATA_DIR); then the same outputs against a page altered in one line must fail,
+    naming that line."""
+    files = session_files()
+    assert files[0] == ROOT / "README.md"
+    sessions = parse_files(files)
+    where = {session.name: session.path.relative_to(ROOT).as_posix() for session in sessions}
+    assert {
+        "whole-life": "README.md",
+        "try-it": "docs/try-it.md",
+        "operator-actions": "docs/operations.md",
+    }.items() <= where.items()
     outcomes = run_sessions(sessions, jobs=len(sessions))
     mismatches = [m for session in sessions for m in compare(session, outcomes[session.name])]
     assert not mismatches, (
-        "the README's sessions print something else now; if that is right, `make readme` "
-        "writes the new outputs into it:\n\n" + "\n\n".join(map(str, mismatches))
+        "the pages' sessions print something else now; if that is right, `make readme` "
+        "writes the new outputs into them:\n\n" + "\n\n".join(map(str, mismatches))
     )
 
     try_it = next(session for session in sessions if session.name == "try-it")
@@ -196,7 +215,7 @@ def test_the_readme_shows_what_its_sessions_print() -> None:
     ]:
         found = compare(_with_expected(try_it, healthz, altered), outcomes["try-it"])
         assert [mismatch.command.line for mismatch in found] == [healthz.line]
-        assert f"README.md:{healthz.line}: session try-it" in str(found[0])
+        assert f"docs/try-it.md:{healthz.line}: session try-it" in str(found[0])
     # Another date is no difference.
     dispatch = next(command for _, command in try_it.commands if "/fulfill" in command.text)
     other_day = [line.replace('"date":"20', '"date":"19') for line in dispatch.expected]
