@@ -231,10 +231,10 @@ class OrderWorkflow(OrderHandlers):
     async def _wait_for_dispatch(self) -> None:
         """Wait for dispatch or cancellation; past lockTTL, the order starts expiring."""
         assert self._lock_expires_at is not None  # set with the reservation
-        await workflow.wait_condition(
+        await self._until(
             lambda: self._status != OrderStatus.PLACED,
-            timeout=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1)),
-            timeout_summary="lockTTL: waiting for Order Dispatching",
+            within=max(self._lock_expires_at - workflow.now(), timedelta(seconds=1)),
+            summary="lockTTL: waiting for Order Dispatching",
         )
         # Decided from the status, not from the timer: a dispatch or a cancellation that came in
         # the same moment as the timer has already moved the order on.
