@@ -16,10 +16,18 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from temporal_client import read_credentials
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
+
+# The domains VTEX serves marketplaces' services endpoints from: accounts' stores and OMS
+# (`{account}.vtexcommercestable.com.br`, `.vtexcommercebeta.com.br`), their admin and apps
+# (`{account}.myvtex.com`, as in the spec's example), and VTEX's internal OMS address
+# (`oms.vtexinternal.com.br`).
+DEFAULT_MARKETPLACE_HOSTS = (
+    "*.vtexcommercestable.com.br,*.vtexcommercebeta.com.br,*.myvtex.com,"
+    "*.vtexinternal.com.br,*.vtex.com.br,*.vtex.com"
+)
 
 # Where `make run` keeps the payload encryption key it made on its first start.
 PAYLOAD_KEY_FILE = "payload-encryption.key"
