@@ -32,7 +32,6 @@ from activities.change_notifications import (
     ChangeNotificationActivities,
     ChangeRelay,
     notification_settings_problem,
-    sku_task_queue,
 )
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
@@ -40,7 +39,7 @@ from activities.warehouse import load_warehouse
 from codec import data_converter, encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
-from workflows import search
+from workflows import ids, search
 from workflows.order import OrderWorkflow
 from workflows.sku_changes import SkuChangesWorkflow
 
@@ -137,7 +136,7 @@ async def run_worker(
             else Worker(
                 client,
                 workflow_runner=workflow_runner(settings),
-                task_queue=sku_task_queue(settings.task_queue),
+                task_queue=ids.sku_task_queue(settings.task_queue),
                 workflows=[SkuChangesWorkflow],
                 activities=[notifications.notify_change],
                 max_concurrent_activities=NOTIFICATION_SLOTS,

@@ -38,15 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The SKU workflows run on a task queue of their own, with few activity slots: a catalog load of
-# thousands of SKUs while the marketplace is slow must not hold the slots that place orders.
-SKU_TASK_QUEUE_SUFFIX = "-sku-changes"
+# The SKU workflows run on a task queue of their own (ids.sku_task_queue), with few activity
+# slots: a catalog load of thousands of SKUs while the marketplace is slow must not hold the slots
+# that place orders.
 NOTIFICATION_SLOTS = 10
-
-
-def sku_task_queue(task_queue: str) -> str:
-    """The SKU workflows' task queue, beside the orders' one."""
-    return f"{task_queue}{SKU_TASK_QUEUE_SUFFIX}"
 
 
 class SkuNotification(CamelModel):
@@ -248,7 +243,7 @@ class ChangeRelay:
             SkuChangesWorkflow.run,
             SkuChangesInput(sku=change.sku, debounce_seconds=self._debounce_seconds),
             id=ids.sku_changes_workflow_id(self._task_queue, change.sku),
-            task_queue=sku_task_queue(self._task_queue),
+            task_queue=ids.sku_task_queue(self._task_queue),
             start_signal="changed",
             start_signal_args=[SkuChange(kind=change.kind)],
             static_summary=f"change notifications of SKU {change.sku}",
