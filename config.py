@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     # Change notifications (vtex-marketplace-change-notification.openapi.json): the marketplace's
     # account API, e.g. https://{accountName}.vtexcommercestable.com.br/api, and the seller id it
     # gave us. Both set: every worker relays the SKUs whose price or stock changed
-    # (activities/change_notifications.py); either empty: none is sent.
+    # (change_relay.py, activities/change_notifications.py); either empty: none is sent.
     change_notification_url: str = ""
     seller_id: str = ""
     # A burst of changes to one SKU within this (2s, 1m; 0s: none) becomes one notification.

@@ -30,12 +30,12 @@ import temporal_client
 from activities.change_notifications import (
     NOTIFICATION_SLOTS,
     ChangeNotificationActivities,
-    ChangeRelay,
     notification_settings_problem,
 )
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
+from change_relay import ChangeRelay
 from codec import data_converter, encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
