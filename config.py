@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from temporal_client import read_credentials
+from temporal_credentials import read_credentials
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
 
