@@ -53,7 +53,7 @@ readme: $(STAMP)
 
 ## bench: throughput and latency of the whole stack on this machine.
 bench: $(STAMP)
-	$(PY) -m devtools.bench
+	$(PY) -m bench
 
 ## soak: 2,000 orders over 5 minutes on real processes, a worker and the marketplace killed; then the invariant checker.
 soak: $(STAMP)

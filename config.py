@@ -16,10 +16,18 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
-from temporal_client import read_credentials
+from temporal_credentials import read_credentials
 from workflows.durations import parse_duration
 from workflows.ids import DEFAULT_TASK_QUEUE
+
+# The domains VTEX serves marketplaces' services endpoints from: accounts' stores and OMS
+# (`{account}.vtexcommercestable.com.br`, `.vtexcommercebeta.com.br`), their admin and apps
+# (`{account}.myvtex.com`, as in the spec's example), and VTEX's internal OMS address
+# (`oms.vtexinternal.com.br`).
+DEFAULT_MARKETPLACE_HOSTS = (
+    "*.vtexcommercestable.com.br,*.vtexcommercebeta.com.br,*.myvtex.com,"
+    "*.vtexinternal.com.br,*.vtex.com.br,*.vtex.com"
+)
 
 # Where `make run` keeps the payload encryption key it made on its first start.
 PAYLOAD_KEY_FILE = "payload-encryption.key"
@@ -159,7 +167,7 @@ class Settings(BaseSettings):
     # Change notifications (vtex-marketplace-change-notification.openapi.json): the marketplace's
     # account API, e.g. https://{accountName}.vtexcommercestable.com.br/api, and the seller id it
     # gave us. Both set: every worker relays the SKUs whose price or stock changed
-    # (activities/change_notifications.py); either empty: none is sent.
+    # (change_relay.py, activities/change_notifications.py); either empty: none is sent.
     change_notification_url: str = ""
     seller_id: str = ""
     # A burst of changes to one SKU within this (2s, 1m; 0s: none) becomes one notification.

@@ -30,17 +30,16 @@ import temporal_client
 from activities.change_notifications import (
     NOTIFICATION_SLOTS,
     ChangeNotificationActivities,
-    ChangeRelay,
     notification_settings_problem,
-    sku_task_queue,
 )
 from activities.fulfillment import FulfillmentActivities
 from activities.marketplace import MarketplaceClient
 from activities.warehouse import load_warehouse
+from change_relay import ChangeRelay
 from codec import data_converter, encryption_line, encryption_problem
 from config import Settings, get_settings
 from logs import configure_logging
-from workflows import search
+from workflows import ids, search
 from workflows.order import OrderWorkflow
 from workflows.parcel import ParcelWorkflow
 from workflows.sku_changes import SkuChangesWorkflow
@@ -138,7 +137,7 @@ async def run_worker(
             else Worker(
                 client,
                 workflow_runner=workflow_runner(settings),
-                task_queue=sku_task_queue(settings.task_queue),
+                task_queue=ids.sku_task_queue(settings.task_queue),
                 workflows=[SkuChangesWorkflow],
                 activities=[notifications.notify_change],
                 max_concurrent_activities=NOTIFICATION_SLOTS,

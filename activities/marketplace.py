@@ -14,8 +14,9 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
+from activities.marketplace_hosts import HostPolicy
 from activities.warehouse import Invoice, ParcelEvent
+from config import DEFAULT_MARKETPLACE_HOSTS
 from workflows.messages import CamelModel, Tracking
 
 if TYPE_CHECKING:

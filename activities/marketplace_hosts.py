@@ -1,13 +1,14 @@
 """Which hosts a placement's `marketplaceServicesEndpoint` may name.
 
-The seller calls that URL back with its marketplace credentials, so the URL is an attacker's
-choice unless it is checked: a placement naming `http://169.254.169.254/...` or an internal host
-would make the seller POST there with its app key and token. A host must match
-MARKETPLACE_ALLOWED_HOSTS (host names; `*.example.com` matches any subdomain of example.com, not
-example.com itself). Loopback, private, link-local, metadata and other non-public addresses are
-refused unless the host is listed exactly (not through a `*.`), both as an address in the URL and
-as what the name resolves to when a call is sent; the call then goes to the address that was
-checked, not to whatever the name resolves to a moment later (DNS rebinding).
+The seller calls that URL back with its marketplace credentials, so the URL is an attacker's choice
+unless it is checked: a placement naming `http://169.254.169.254/...` or an internal host would
+make the seller POST there with its app key and token. A host must match MARKETPLACE_ALLOWED_HOSTS
+(host names; `*.example.com` matches any subdomain of example.com, not example.com itself; by
+default VTEX's domains, config.py's DEFAULT_MARKETPLACE_HOSTS). Loopback, private, link-local,
+metadata and other non-public addresses are refused unless the host is listed exactly (not through
+a `*.`), both as an address in the URL and as what the name resolves to when a call is sent; the
+call then goes to the address that was checked, not to whatever the name resolves to a moment later
+(DNS rebinding).
 """
 
 from __future__ import annotations
@@ -20,15 +21,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-
-# The domains VTEX serves marketplaces' services endpoints from: accounts' stores and OMS
-# (`{account}.vtexcommercestable.com.br`, `.vtexcommercebeta.com.br`), their admin and apps
-# (`{account}.myvtex.com`, as in the spec's example), and VTEX's internal OMS address
-# (`oms.vtexinternal.com.br`).
-DEFAULT_MARKETPLACE_HOSTS = (
-    "*.vtexcommercestable.com.br,*.vtexcommercebeta.com.br,*.myvtex.com,"
-    "*.vtexinternal.com.br,*.vtex.com.br,*.vtex.com"
-)
 
 
 def _is_public(address: str) -> bool:

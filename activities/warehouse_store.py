@@ -122,7 +122,7 @@ catalog = Table(
 # The outbox of change notifications: a SKU whose price or stock changed, written in the same
 # transaction as the change, so that no change is lost between the commit and the notification.
 # One row per SKU and kind (`price`, `inventory`), never deleted: each change bumps `version`, and
-# the relay (activities/change_notifications.py) raises `relayed_version` to the version it passed
+# the relay (change_relay.py) raises `relayed_version` to the version it passed
 # on. A row is pending while `version > relayed_version`; since a version never repeats, a relay
 # that passed on an old version can never mark a newer change as passed on.
 CHANGE_KINDS = ("price", "inventory")

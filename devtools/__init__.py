@@ -1,1 +1,2 @@
-"""Tools for people and tests: the embedded stack, a fake marketplace, the benchmark."""
+"""Tools for people and tests: the embedded stack, a fake marketplace, the soak, the invariant
+checker, the README's sessions, the deploy test (the benchmark is bench/)."""

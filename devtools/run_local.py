@@ -18,9 +18,8 @@ import sysconfig
 import time
 from pathlib import Path
 
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS
 from codec import new_key_entry
-from config import PAYLOAD_KEY_FILE
+from config import DEFAULT_MARKETPLACE_HOSTS, PAYLOAD_KEY_FILE
 from logs import configure_logging
 from workflows import search
 

@@ -14,5 +14,5 @@ class CarelessWorkflow:
     @workflow.run
     async def run(self, name: str) -> str:
         """The forbidden call. (One argument: with none, mypy 2.4 loses the types of
-        get_workflow_handle_for's arguments elsewhere, in devtools/bench.py.)"""
+        get_workflow_handle_for's arguments elsewhere, in bench/suite.py.)"""
         return datetime.now(UTC).isoformat()

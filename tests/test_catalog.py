@@ -14,9 +14,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import warehouse_store as store
 from activities.catalog import Catalog, CatalogEntry, main, read_catalog_file
-from activities.change_notifications import ChangeOutbox
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import OutOfStock, WarehouseOrder
+from change_relay import ChangeOutbox
 from tests.stack import new_order_id, placement_example, running_stack
 from workflows.messages import OrderLine
 

@@ -15,9 +15,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog import Catalog, CatalogEntry
-from activities.change_notifications import ChangeOutbox, notification_settings_problem
+from activities.change_notifications import notification_settings_problem
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import WarehouseOrder
+from change_relay import ChangeOutbox
 from config import Settings
 from devtools.fake_marketplace import RecordedCall
 from tests.stack import Stack, new_order_id, placement_example, running_stack

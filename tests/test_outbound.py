@@ -31,8 +31,9 @@ from activities.marketplace import (
     invoice_body,
     pinned,
 )
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
+from activities.marketplace_hosts import HostPolicy
 from activities.warehouse import Invoice
+from config import DEFAULT_MARKETPLACE_HOSTS
 from devtools.fake_marketplace import FakeMarketplaceState, create_app, serve_fake_marketplace
 from tests.stack import new_order_id, placement_example, running_stack
 from workflows.messages import OrderLine

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.marketplace_hosts import DEFAULT_MARKETPLACE_HOSTS, HostPolicy
+from activities.marketplace_hosts import HostPolicy
+from config import DEFAULT_MARKETPLACE_HOSTS
 from tests.stack import new_order_id, placement_example, running_stack
 from tests.test_codec import PERSONAL, personal_placement
 from tests.test_crashes import call, dispatch, processes, until

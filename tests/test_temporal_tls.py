@@ -44,7 +44,8 @@ from temporalio.service import TLSConfig
 from config import Settings
 from devtools import system_packages
 from devtools.processes import HOST, Process, ProcessStack, free_ports
-from temporal_client import TemporalRefusedError, connect, read_credentials
+from temporal_client import TemporalRefusedError, connect
+from temporal_credentials import read_credentials
 from tests.stack import new_order_id, placement_example
 from workflows import ids
 

@@ -1,4 +1,4 @@
-"""The one place that names the task queue and builds order ids.
+"""The one place that names the task queues and builds order ids (and the SKU workflows' ids).
 
 The seller `orderId` and the Temporal workflow id are pure functions of the marketplace's
 `marketplaceOrderId`, so every endpoint reaches the workflow straight from the request (either id
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 DEFAULT_TASK_QUEUE = "vtex-seller-orders"
+SKU_TASK_QUEUE_SUFFIX = "-sku-changes"
 
 SELLER_ORDER_PREFIX = "SLR-"
 WORKFLOW_PREFIX = "order-"
@@ -56,6 +57,11 @@ def marketplace_ids_for_path(path_id: str) -> list[str]:
 def path_names_order(path_id: str, marketplace_order_id: str) -> bool:
     """Whether a path id is this marketplace order's own id or its seller id."""
     return path_id in (marketplace_order_id, seller_order_id(marketplace_order_id))
+
+
+def sku_task_queue(task_queue: str) -> str:
+    """The SKU change-notification workflows' task queue, beside the orders' one."""
+    return f"{task_queue}{SKU_TASK_QUEUE_SUFFIX}"
 
 
 def sku_changes_workflow_id(task_queue: str, sku: str) -> str:

@@ -1,9 +1,10 @@
 """One SKU's change notifications to the marketplace: coalesced, and retried until taken.
 
 The warehouse notes every change of a SKU's price or stock in its outbox, in the transaction that
-makes it; the relay (activities/change_notifications.py) passes each on as a `changed` signal with
-start to this workflow, whose id is the SKU's (`sku-changes-{sku}`). So one SKU has at most one
-workflow, however many workers relay, and a burst of changes becomes one notification:
+makes it; the relay (change_relay.py) passes each on as a `changed` signal with start to this
+workflow, whose id is the SKU's (`sku-changes-{task_queue}-{sku}`, ids.sku_changes_workflow_id).
+So one SKU has at most one workflow per deployment, however many workers relay, and a burst of
+changes becomes one notification:
 
     changed ─▶ wait until DEBOUNCE passes with no change (at most MAX_WAIT) ─▶ notify price and/or
     inventory, each retried until the marketplace takes it ─▶ changes meanwhile? again : done

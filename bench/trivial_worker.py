@@ -1,4 +1,4 @@
-"""`python -m devtools.bench_worker`: runs devtools/bench_workflows.py's TrivialWorkflow on
+"""`python -m bench.trivial_worker`: runs bench/trivial_workflow.py's TrivialWorkflow on
 BENCH_TASK_QUEUE against TEMPORAL_ADDRESS, with the client the orders' worker builds
 (worker.connect: same data converter) and the same sandbox, until SIGTERM."""
 
@@ -11,8 +11,8 @@ import signal
 
 from temporalio.worker import Worker
 
+from bench.trivial_workflow import TrivialWorkflow
 from config import get_settings
-from devtools.bench_workflows import TrivialWorkflow
 from logs import configure_logging
 from worker import connect, workflow_runner
 

@@ -2,7 +2,7 @@
 updates, so that its update-with-start and its update cost what Temporal and the SDK cost, with the
 same data converter as the orders' and no activity.
 
-Run by its own worker process (`python -m devtools.bench_worker`) on a task queue of its own.
+Run by its own worker process (`python -m bench.trivial_worker`) on a task queue of its own.
 """
 
 from __future__ import annotations

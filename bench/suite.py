@@ -1,14 +1,14 @@
 """`make bench`: the service's calls measured against their floors, on real processes.
 
 One run starts the Temporal dev server, the orders' worker(s), the API as `python -m api` runs it,
-the fake marketplace and a worker of a trivial workflow (devtools/bench_worker.py), each its own
+the fake marketplace and a worker of a trivial workflow (bench/trivial_worker.py), each its own
 process on loopback (devtools/processes.py); this process is the load generator. For placement,
 dispatch and cancel it measures three ways of making the same call, with the same load:
 
-- `http`: the API over HTTP (a small keep-alive HTTP/1.1 client, devtools/bench_simulation.py's),
+- `http`: the API over HTTP (a small keep-alive HTTP/1.1 client, bench/simulation_load.py's),
 - `floor`: the API's own Temporal calls (api/order_calls.py) made from here, with a client built as
   the API builds it (worker.connect: the same data converter): what the project costs without HTTP,
-- `trivial`: a workflow that only answers updates (devtools/bench_workflows.py): an
+- `trivial`: a workflow that only answers updates (bench/trivial_workflow.py): an
   update-with-start for placement, an update for dispatch and cancel: what Temporal costs here.
 
 Each in three shapes: one call at a time (p50), a closed loop of `--concurrency` callers
@@ -20,9 +20,9 @@ Then: orders placed and dispatched over HTTP until invoiced (CPU seconds per ord
 process, the happy path's history), fulfilled orders per second with 1, 2 and 4 fresh workers when
 steps wait on I/O and each worker's activity slots bind, the time from a cancellation to the abort
 of the step it interrupted, and the fulfillment simulation's open loop at 200/s
-(devtools/bench_simulation.py, its own stack). Writes bench/results.json and prints a table.
+(bench/simulation_load.py, its own stack). Writes bench/results.json and prints a table.
 
-    python -m devtools.bench [--quick] [--json bench/results.json] [--profile DIR]
+    python -m bench [--quick] [--json bench/results.json] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from api import order_calls
 from api.models import OrderPlacement, RequestOrderId
+from bench import simulation_load
+from bench.simulation_load import HttpError
+from bench.trivial_worker import READY_TEXT
+from bench.trivial_workflow import TrivialInput, TrivialRequest, TrivialWorkflow
 from config import Settings
-from devtools import bench_simulation
-from devtools.bench_simulation import HttpError
-from devtools.bench_worker import READY_TEXT
-from devtools.bench_workflows import TrivialInput, TrivialRequest, TrivialWorkflow
 from devtools.processes import ROOT, Process, ProcessStack
 from worker import connect
 from workflows import ids
@@ -76,13 +76,13 @@ STOCK = 10_000_000
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
-class Http(bench_simulation.Client):
-    """Keep-alive HTTP/1.1 connections to the API (bench_simulation's client): about 0.5 ms of
+class Http(simulation_load.Client):
+    """Keep-alive HTTP/1.1 connections to the API (simulation_load's client): about 0.5 ms of
     CPU per request, where httpx spends 3.5 ms."""
 
     def raw(self, method: str, path: str, body: Any = None) -> bytes:
         """One request's bytes."""
-        return bench_simulation.request_bytes(self.netloc, path, body, method)
+        return simulation_load.request_bytes(self.netloc, path, body, method)
 
     async def call(self, method: str, path: str, body: Any = None) -> bytes:
         """One call that must answer 200; its body."""
@@ -97,7 +97,7 @@ class Http(bench_simulation.Client):
 
 def cpu_seconds(pid: int | None) -> float:
     """CPU time (user + system, every thread) process `pid` has used so far; 0 if gone."""
-    return bench_simulation.cpu_seconds(pid) or 0.0
+    return simulation_load.cpu_seconds(pid) or 0.0
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -779,7 +779,7 @@ async def running(workdir: Path, args: argparse.Namespace) -> AsyncIterator[Benc
     with stack:
         trivial = stack.add_process(
             "bench-worker",
-            [sys.executable, "-m", "devtools.bench_worker"],
+            [sys.executable, "-m", "bench.trivial_worker"],
             {"BENCH_TASK_QUEUE": trivial_queue},
             ready_text=READY_TEXT,
         )
@@ -956,7 +956,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     """The bench's sizes."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to try the bench")
     parser.add_argument("--sequential", type=int, default=40, help="calls one at a time")
     parser.add_argument("--closed", type=int, default=200, help="calls in the closed loop")
@@ -1006,10 +1006,10 @@ def main() -> None:
     """Run, write bench/results.json, print the table."""
     args = parse_args()
     started = time.monotonic()
-    # The default loop: bench_simulation's Connection wants asyncio's own transports.
+    # The default loop: simulation_load's Connection wants asyncio's own transports.
     results = asyncio.run(run(args))
     # In processes of its own (the API as `python -m api` runs it), after the rest has stopped.
-    results["simulation"] = bench_simulation.measure(args.simulation_rate, 10)
+    results["simulation"] = simulation_load.measure(args.simulation_rate, 10)
     results["load_average_after"] = uptime()
     results["targets"] = targets(results)
     results["elapsed_seconds"] = round(time.monotonic() - started)

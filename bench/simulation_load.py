@@ -13,7 +13,7 @@ httpx spent about 3.5 ms of CPU per request (its pool checks every connection on
 than the API itself, and stalled for hundreds of ms; this one spends about 0.5 ms
 (`client_cpu_ms_per_request`; `api_cpu_ms_per_request` is the API's, where /proc tells).
 
-    python -m devtools.bench_simulation [--rate 200] [--seconds 10] [--json FILE]
+    python -m bench.simulation_load [--rate 200] [--seconds 10] [--json FILE]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`python -m devtools.traced_worker`: the orders' worker (worker.py) with a timeline of what it
-does for each workflow task, for devtools/placement_timeline.py.
+"""`python -m bench.traced_worker`: the orders' worker (worker.py) with a timeline of what it
+does for each workflow task, for bench/placement_timeline.py.
 
 It wraps a few of the Python SDK's internals (temporalio 1.35; private names, which a later SDK
 may rename: this is a measuring tool, never run in production) and appends one JSON line per

@@ -1,7 +1,7 @@
-"""`python -m devtools.placement_timeline`: where a placement's time goes, one at a time.
+"""`python -m bench.placement_timeline`: where a placement's time goes, one at a time.
 
-On make bench's stack (devtools/bench.py `running`), the orders' worker is replaced by
-devtools/traced_worker.py, and placements are made one at a time from Python (the floor:
+On make bench's stack (bench/suite.py `running`), the orders' worker is replaced by
+bench/traced_worker.py, and placements are made one at a time from Python (the floor:
 api.order_calls.place_order), each right after the previous one's answer. For each, the worker's
 timeline: from the call to the first activation (the server and the task's dispatch), the sandbox
 built for the new workflow, the first activation's code, the local activity (the reservation),
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devtools import bench
+from bench import suite
 from workflows import ids
 
 WORKER_READY = "worker polling task queue"
@@ -53,7 +53,7 @@ def segments(events: list[dict[str, Any]], sent: float, answered: float) -> dict
     return figures
 
 
-async def traced_placements(b: bench.Bench, timeline: Path, count: int) -> dict[str, float]:
+async def traced_placements(b: suite.Bench, timeline: Path, count: int) -> dict[str, float]:
     """`count` placements one at a time; the medians of their segments."""
     await asyncio.to_thread(timeline.write_text, "")
     calls: list[tuple[str, float, float]] = []
@@ -83,10 +83,10 @@ def medians(timeline: str, calls: list[tuple[str, float, float]]) -> dict[str, f
     return {n: round(statistics.median(m[n] for m in measured if n in m), 2) for n in names}
 
 
-async def trivial_placements(b: bench.Bench, count: int) -> float:
+async def trivial_placements(b: suite.Bench, count: int) -> float:
     """The trivial workflow's update-with-start, one at a time: its median, ms."""
-    sample = bench.Sample()
-    await bench.one_at_a_time(
+    sample = suite.Sample()
+    await suite.one_at_a_time(
         b.op("placement", "trivial"), b.items("placement", "trivial", count), sample
     )
     return float(sample.figures()["p50_ms"])
@@ -95,11 +95,11 @@ async def trivial_placements(b: bench.Bench, count: int) -> float:
 async def run(count: int) -> dict[str, Any]:
     """Traced placements with the real reservation, then an instant one; the trivial's."""
     sys.argv = [sys.argv[0], "--rounds", "1"]
-    args = bench.parse_args()
+    args = suite.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="timeline-") as folder:
         workdir = Path(folder)
-        async with bench.running(workdir, args) as b:
+        async with suite.running(workdir, args) as b:
             await b.fill_pools(0, 20)
             results["trivial update-with-start p50"] = await trivial_placements(b, count)
             for name, instant in (("reservation", "0"), ("instant reservation", "1")):
@@ -107,7 +107,7 @@ async def run(count: int) -> dict[str, Any]:
                 timeline = workdir / f"timeline-{instant}.jsonl"
                 b.stack.add_process(
                     f"traced-worker-{instant}",
-                    [sys.executable, "-m", "devtools.traced_worker"],
+                    [sys.executable, "-m", "bench.traced_worker"],
                     {"TIMELINE_FILE": str(timeline), "INSTANT_RESERVATION": instant},
                     ready_text=WORKER_READY,
                 )

@@ -1,0 +1,5 @@
+"""`python -m bench` (make bench): the whole run, bench/suite.py; `--help` for its sizes."""
+
+from bench.suite import main
+
+main()
