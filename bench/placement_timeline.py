@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import suite
+from bench import calls, suite
 from workflows import ids
 
 WORKER_READY = "worker polling task queue"
@@ -53,7 +53,7 @@ def segments(events: list[dict[str, Any]], sent: float, answered: float) -> dict
     return figures
 
 
-async def traced_placements(b: suite.Bench, timeline: Path, count: int) -> dict[str, float]:
+async def traced_placements(b: calls.Bench, timeline: Path, count: int) -> dict[str, float]:
     """`count` placements one at a time; the medians of their segments."""
     await asyncio.to_thread(timeline.write_text, "")
     calls: list[tuple[str, float, float]] = []
@@ -83,10 +83,10 @@ def medians(timeline: str, calls: list[tuple[str, float, float]]) -> dict[str, f
     return {n: round(statistics.median(m[n] for m in measured if n in m), 2) for n in names}
 
 
-async def trivial_placements(b: suite.Bench, count: int) -> float:
+async def trivial_placements(b: calls.Bench, count: int) -> float:
     """The trivial workflow's update-with-start, one at a time: its median, ms."""
-    sample = suite.Sample()
-    await suite.one_at_a_time(
+    sample = calls.Sample()
+    await calls.one_at_a_time(
         b.op("placement", "trivial"), b.items("placement", "trivial", count), sample
     )
     return float(sample.figures()["p50_ms"])
