@@ -337,17 +337,21 @@ async def _pending_calls(client: Client, settings: Settings, view: OrderView) ->
 
 
 async def _parcel_delivery(client: Client, settings: Settings, view: OrderView) -> None:
-    """While the order's parcel is followed (in a workflow of its own), its delivery so far, from
-    that workflow's query. Without an answer the view says none: the order itself was read."""
+    """While the order's parcel is followed (in a workflow of its own), its delivery so far and
+    the calls it is retrying, from that workflow; also once that workflow was ended by hand (the
+    order then has no delivery of its own). Without an answer the view says none: the order
+    itself was read."""
     if view.parcel_workflow_id is None or view.delivery is not None:
         return
     handle = client.get_workflow_handle_for(ParcelWorkflow.run, view.parcel_workflow_id)
+    seconds = settings.order_query_timeout_seconds
     try:
-        view.delivery = await asyncio.wait_for(
-            handle.query(ParcelWorkflow.delivery), settings.order_query_timeout_seconds
-        )
+        view.delivery = await asyncio.wait_for(handle.query(ParcelWorkflow.delivery), seconds)
+        description = await asyncio.wait_for(handle.describe(), seconds)
     except (RPCError, TimeoutError, WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
         log.warning("the parcel of %s could not be read: %s", view.order_id, err)
+        return
+    view.pending_calls += pending_calls(description)
 
 
 async def _on_order(

@@ -14,6 +14,7 @@ orders of other tests on the same worker are not affected:
 - `zombiereserve-*`: the reservation is refused as out of stock, while an earlier attempt (on a
   worker cut off from Temporal) commits later: once the order's release has ended, or after
   ZOMBIE_SECONDS if none comes.
+- `neverdelivered-*`: the carrier has the parcel in transit, for ever.
 - `failreserve-*`: every reservation fails for now (`WarehouseUnavailable`) until the test adds
   the order to `recovered`; `reserve_attempts[order_id]` counts them.
 
@@ -32,6 +33,7 @@ from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse import (
     Invoice,
     OutOfStock,
+    ParcelStatus,
     Reservation,
     WarehouseError,
     WarehouseOrder,
@@ -143,6 +145,13 @@ class ScriptedWarehouse(SimulatedWarehouse):
             return await super().release(order_id)
         finally:
             ended["release", order_id].set()
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        """The parcel's journey; in transit for ever for `neverdelivered-*`."""
+        parcel = await super().track(order)
+        if any(line.sku.startswith("neverdelivered-") for line in order.lines):
+            return ParcelStatus(events=parcel.events[:1], delivered=False)
+        return parcel
 
     def _has(self, order_id: str, prefix: str) -> bool:
         return any(sku.startswith(prefix) for sku in self._skus.get(order_id, []))

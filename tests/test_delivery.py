@@ -84,7 +84,7 @@ async def test_an_invoiced_order_follows_its_parcel_to_delivered(
     assert order["invoicedAt"] < order["deliveredAt"]
     assert order["cancellation"]["outcome"] == "refused"
     # The parcel is followed in a workflow of its own, with durable timers between the polls.
-    assert order["parcelWorkflowId"] == f"order-{order_id}-parcel"
+    assert order["parcelWorkflowId"] == f"parcel-{order_id}"
     fired = [e for e in history if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
     assert fired, "no timer between polls"
 

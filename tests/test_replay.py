@@ -1,12 +1,14 @@
-"""Recorded order histories replay without non-determinism.
+"""Recorded histories replay without non-determinism: the order's, its parcel's, a SKU's change
+notifications'.
 
-Two sources: histories recorded now, from the main scenarios, and the histories committed under
-tests/histories/, recorded by earlier versions of the workflow. A change to the workflow that
-would break a running order fails here; guard it with `workflow.patched()`.
+Two sources: histories recorded now, from the main scenarios, and those of every release, under
+tests/histories/<version>/, recorded by that release's code (CHANGELOG.md). A change to a workflow
+that would break an order in flight fails here; guard it with `workflow.patched()`
+(docs/upgrades.md).
 
-To add today's histories to the committed ones: `RECORD_HISTORIES=1 make test` (it writes the
-scenarios that have no committed history yet; an old history is never overwritten, since proving
-that the orders it stands for still replay is its whole point).
+When a release is cut: `RECORD_HISTORIES=<version> make test` writes today's histories under
+tests/histories/<version>/ (a history already there is never overwritten: proving that the orders
+it stands for still replay is its whole point).
 """
 
 from __future__ import annotations
@@ -110,8 +112,7 @@ async def _invoice_resent_by_an_operator(stack: Stack) -> str:
 
 
 async def _invoiced_then_refused_later(stack: Stack) -> str:
-    # Recorded with the refusal answered before the resend (`refusal-answers-before-resend`),
-    # which the marketplace refuses once.
+    # The refusal answered before the resend, which the marketplace refuses once.
     order_id = new_order_id()
     await stack.place(order_id)
     await stack.dispatch(order_id)
@@ -123,7 +124,7 @@ async def _invoiced_then_refused_later(stack: Stack) -> str:
 
 
 async def _refused_for_stock(stack: Stack) -> str:
-    # Recorded with the release after a failed reservation (`release-after-failed-reservation`).
+    # The release after a failed reservation.
     order_id = new_order_id()
     body = placement_example(order_id, stack.endpoint)
     body["items"][0]["quantity"] = 5000  # more than the default stock
@@ -133,7 +134,7 @@ async def _refused_for_stock(stack: Stack) -> str:
 
 
 async def _delivered_then_refused(stack: Stack) -> str:
-    # Recorded with the parcel followed to delivery (`track-to-delivery`).
+    # The parcel followed to delivery, in its own workflow.
     order_id = new_order_id()
     await stack.place(order_id)
     await stack.dispatch(order_id)
@@ -142,12 +143,18 @@ async def _delivered_then_refused(stack: Stack) -> str:
     return order_id
 
 
-async def _reserved_in_the_first_task(stack: Stack) -> str:
-    # Recorded with the reservation as a local activity (`reservation-in-the-first-task`).
+async def _tracking_stopped_by_an_operator(stack: Stack) -> str:
+    # The carrier never delivers: an operator retries the poll now, then gives the parcel up (both
+    # forwarded by the order to its parcel's workflow).
     order_id = new_order_id()
-    await stack.place(order_id)
+    body = placement_example(order_id, stack.endpoint)
+    body["items"][0]["id"] = f"neverdelivered-{order_id}"
+    await stack.http.post("/pvt/orders", json=body)
     await stack.dispatch(order_id)
-    await stack.wait_for(order_id, lambda o: o["status"] == "delivered", within=30)
+    await stack.wait_for(order_id, lambda o: o["delivery"] and o["delivery"]["eventsReported"])
+    handle = stack.handle(order_id)
+    await handle.execute_update("retry_now", {"by": "replay test"}, id="retry-1")
+    await handle.execute_update("stop_tracking", {"by": "replay test"}, id="stop-1")
     return order_id
 
 
@@ -188,15 +195,16 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
             "refused_for_stock": _refused_for_stock,
             "delivered_then_refused": _delivered_then_refused,
-            "reserved_in_the_first_task": _reserved_in_the_first_task,
-            # Recorded with `fewer-events`: every older patch taken without its marker.
-            "delivered_in_fewer_events": _reserved_in_the_first_task,
+            "tracking_stopped_by_an_operator": _tracking_stopped_by_an_operator,
         }
         for name, scenario in scenarios.items():
             order_id = await scenario(stack)
             handle = stack.handle(order_id)
-            await handle.result()  # the whole life, late-call window included
+            view = await handle.result()  # the whole life, late-call window included
             histories[name] = await handle.fetch_history()
+            if view.parcel_workflow_id:
+                parcel = stack.client.get_workflow_handle(view.parcel_workflow_id)
+                histories[f"{name}.parcel"] = await parcel.fetch_history()
         sku = await _sku_changes_burst(stack)
         sku_handle = stack.client.get_workflow_handle(
             ids.sku_changes_workflow_id(stack.settings.task_queue, sku)
@@ -208,19 +216,23 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
         result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{name}: {result.replay_failure}"
 
-    if os.environ.get("RECORD_HISTORIES"):
-        HISTORY_DIR.mkdir(exist_ok=True)
+    version = os.environ.get("RECORD_HISTORIES")
+    if version:
+        release = HISTORY_DIR / version
+        release.mkdir(parents=True, exist_ok=True)
         for name, history in histories.items():
-            if (HISTORY_DIR / f"{name}.json").exists():
+            if (release / f"{name}.json").exists():
                 continue
-            (HISTORY_DIR / f"{name}.json").write_text(
+            (release / f"{name}.json").write_text(
                 json.dumps(history.to_json_dict(), indent=1) + "\n"
             )
 
 
 async def test_committed_histories_replay() -> None:
-    files = sorted(HISTORY_DIR.glob("*.json"))
-    assert len(files) >= 3, f"expected the recorded histories in {HISTORY_DIR}"
+    releases = sorted(path for path in HISTORY_DIR.iterdir() if path.is_dir())
+    assert releases, f"expected the releases' histories in {HISTORY_DIR}/<version>/"
+    files = sorted(file for release in releases for file in release.glob("*.json"))
+    assert len(files) >= 3 * len(releases), f"expected each release's histories: {files}"
 
     for file in files:
         history = WorkflowHistory.from_json(file.stem, file.read_text())

@@ -37,9 +37,13 @@ def workflow_id(marketplace_order_id: str) -> str:
     return f"{WORKFLOW_PREFIX}{marketplace_order_id}"
 
 
-def parcel_workflow_id(order_workflow_id: str) -> str:
-    """The workflow that follows an order's parcel, e.g. `order-1138342255777-01-parcel`."""
-    return f"{order_workflow_id}-parcel"
+PARCEL_PREFIX = "parcel-"
+
+
+def parcel_workflow_id(marketplace_order_id: str) -> str:
+    """The workflow that follows an order's parcel, e.g. `parcel-1138342255777-01`: a prefix of
+    its own, so that no order's id (`order-...`) can be another order's parcel's."""
+    return f"{PARCEL_PREFIX}{marketplace_order_id}"
 
 
 def marketplace_ids_for_path(path_id: str) -> list[str]:

@@ -91,8 +91,14 @@ class InvoiceDelivery:
         )
 
     def sends_done(self) -> bool:
-        """Whether no send beside the life is running (the workflow waits for them to close)."""
-        return self._beside_life is None or self._beside_life.done()
+        """Whether no send beside the life is running (the workflow waits for them to close). One
+        that ended on a bug raises it here: the workflow task fails, visibly, to be fixed and
+        replayed, rather than the order closing as if the send had been made."""
+        task = self._beside_life
+        if task is None or not task.done():
+            return task is None
+        task.result()
+        return True
 
     async def deliver(self) -> None:
         """The life's delivery: until taken, or taken by another send, or closed."""

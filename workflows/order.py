@@ -38,17 +38,22 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ChildWorkflowError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ChildWorkflowError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
     from activities.marketplace import CancellationNotice
     from activities.warehouse import Invoice, Reservation
+    from workflows import ids
     from workflows.calls import WAIT_FOR_IT, never
     from workflows.failures import failure_text, refusal_type, refused_for_good
     from workflows.invoice_delivery import send_bound
     from workflows.messages import (
-        DeliveryView,
         FulfillmentStep,
         OrderInput,
         OrderStatus,
@@ -170,7 +175,7 @@ class OrderWorkflow(OrderHandlers):
             # back what such an attempt took, or marks the order released first so that the
             # attempt reserves nothing.
             await self._run_compensation(FulfillmentActivities.release_stock)
-            self._move(OrderStatus.CANCELED)
+            self._move(OrderStatus.CANCELED, failure_text(err))
             return
         if reservation is None:
             # Canceled while the warehouse kept failing: the retries stopped, the placement is
@@ -375,52 +380,53 @@ class OrderWorkflow(OrderHandlers):
 
     async def _follow_parcel(self) -> None:
         """Follow the parcel in its own workflow (workflows/parcel.py) until it ends; forward to
-        it an operator's `stop_tracking` and `retry_now`, and an operator's close of the order."""
+        it an operator's `stop_tracking`, `retry_now`, and close of the order (each by workflow
+        id: to its current run, however often it continued as new)."""
         invoice = self._invoice.invoice
         assert invoice is not None
-        handle = await start_following(
-            self._warehouse_order,
-            self._order,
-            invoice.invoice_number,
-            send_bound(self._order),
-        )
-        parcel_id = handle.id
+        parcel_id = ids.parcel_workflow_id(self._order.marketplace_order_id)
+        waiting = f"the parcel's next poll ({parcel_id})"
+        # Before the start: an action asked meanwhile is accepted, and forwarded once it runs.
         self._parcel_workflow_id, self._following_parcel = parcel_id, True
-        self._show()
+        self._calls.waiting_on.append(waiting)
         parcel = workflow.get_external_workflow_handle_for(ParcelWorkflow.run, parcel_id)
-        retries, stop_sent = self._calls.retries_asked, False
-        self._calls.waiting_on.append(f"the parcel's next poll ({parcel_id})")
+        retries, stop_sent, close_sent = self._calls.retries_asked, False, False
         try:
-            while True:
+            handle = await start_following(
+                parcel_id, self._warehouse_order, self._order, invoice.invoice_number
+            )
+            self._show()
+            while not handle.done():
                 await workflow.wait_condition(
                     lambda: (
                         handle.done()
-                        or self._close_early
+                        or (self._close_early and not close_sent)  # noqa: B023
                         or self._calls.retries_asked != retries  # noqa: B023
                         or (self._tracking_stopped is not None and not stop_sent)  # noqa: B023
                     )
                 )
-                if handle.done() or self._close_early:
-                    break
                 # A signal may meet the parcel's workflow ended meanwhile: nothing left to tell it.
                 with suppress(FailureError):
+                    if self._close_early and not close_sent and not handle.done():
+                        close_sent = True  # a post in flight ends first
+                        await parcel.signal(ParcelWorkflow.close)
                     if self._tracking_stopped is not None and not stop_sent:
                         stop_sent = True
                         await parcel.signal(ParcelWorkflow.stop, self._tracking_stopped)
                     if self._calls.retries_asked != retries:
                         retries = self._calls.retries_asked
                         await parcel.signal(ParcelWorkflow.retry_now)
-            if not handle.done():
-                handle.cancel()  # closed by an operator: a post in flight ends first
             outcome = await handle
-            self._delivery, self._attention = outcome.delivery, outcome.attention
-        except ChildWorkflowError as err:
-            self._delivery = DeliveryView(stopped=f"its workflow ended: {failure_text(err)}")
-            self._attention = f"parcel not followed any more ({self._delivery.stopped})"
+            self._delivery = outcome.delivery
+            self._attention = outcome.attention or self._attention
+        except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
+            # Terminated by hand, say: what the marketplace has is in its history (the API reads
+            # it there, its `delivery` query); the order shows why it stopped.
+            self._attention = f"parcel not followed any more: {parcel_id} {failure_text(err)}"
         finally:
             self._following_parcel = False
-            self._calls.waiting_on.pop()
-        if self._delivery.delivered:
+            self._calls.waiting_on.remove(waiting)
+        if self._delivery is not None and self._delivery.delivered:
             self._move(OrderStatus.DELIVERED)
         else:
             self._show()

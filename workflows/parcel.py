@@ -10,8 +10,9 @@ bounded however long the parcel takes, and the order's history does not grow wit
 
 A carrier or a marketplace that cannot answer for now is asked again at the next poll; only a
 refusal for good, TRACKING_GIVES_UP_AFTER, an operator's `stop_tracking` (forwarded by the order as
-the `stop` signal) or a cancellation (the order closed by an operator in Temporal) ends it before
-the delivery. A post in flight is waited for first, so that what the order says was reported is
+the `stop` signal), the order closed by an operator in Temporal (the `close` signal), or a
+cancellation of this workflow itself (by hand, or its order terminated) ends it before the
+delivery. A post in flight is waited for first, so that what the order says was reported is
 what the marketplace has.
 """
 
@@ -28,9 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.fulfillment import FulfillmentActivities
     from activities.marketplace import TrackingStatusNotice
     from activities.warehouse import ParcelStatus, WarehouseOrder
-    from workflows import ids, search
+    from workflows import search
     from workflows.calls import WAIT_FOR_IT, Calls
     from workflows.failures import failure_text, refused_for_good, timed_out
+    from workflows.invoice_delivery import send_bound
     from workflows.messages import (
         CamelModel,
         DeliveryView,
@@ -86,10 +88,9 @@ class ParcelOutcome(CamelModel):
 
 
 async def start_following(
-    order: WarehouseOrder, placed: OrderInput, invoice_number: str, send_bound: timedelta
+    parcel_id: str, order: WarehouseOrder, placed: OrderInput, invoice_number: str
 ) -> workflow.ChildWorkflowHandle[ParcelWorkflow, ParcelOutcome]:
     """Start following an order's parcel, as the order's child (from the order's workflow)."""
-    parcel_id = ids.parcel_workflow_id(workflow.info().workflow_id)
     job = ParcelToFollow(
         order_id=order.order_id,
         marketplace_order_id=order.marketplace_order_id,
@@ -97,7 +98,7 @@ async def start_following(
         invoice_number=invoice_number,
         warehouse_order=order,
         poll_seconds=placed.tracking_poll_seconds,
-        send_bound_seconds=send_bound.total_seconds(),
+        send_bound_seconds=send_bound(placed).total_seconds(),
         give_up_at=workflow.now() + TRACKING_GIVES_UP_AFTER,
     )
     return await workflow.start_child_workflow(
@@ -105,7 +106,7 @@ async def start_following(
         job,
         id=parcel_id,
         static_summary=f"the parcel of {order.order_id} ({invoice_number})",
-        # An order terminated by hand stops its parcel's following too.
+        # An order terminated by hand stops its parcel's following too (its current run).
         parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
         # Found in the Temporal UI by the order's ids, beside the order.
         search_attributes=TypedSearchAttributes(
@@ -140,7 +141,9 @@ class ParcelWorkflow:
         self._delivery = job.delivery
         self._calls = Calls(job.order_id)
         self._attention: str | None = None
-        self._closed = False  # cancelled: the order was closed by an operator in Temporal
+        # Why it stops before the delivery, once asked: the order closed in Temporal, this
+        # workflow cancelled, an operator's `stop_tracking`.
+        self._closing: str | None = None
         self._stopped_by: OperatorAction | None = None
         self._reported = job.reported
         self._refused = job.refused
@@ -154,8 +157,13 @@ class ParcelWorkflow:
             try:
                 await workflow.wait_condition(following.done)
             except asyncio.CancelledError:
-                self._closed = True
+                self._closing = self._closing or (
+                    "its workflow was cancelled in Temporal (by hand, or its order terminated)"
+                )
         if await following:
+            if self._stopping():  # asked as it was about to continue as new
+                self._note_stop()
+                return ParcelOutcome(delivery=self._delivery, attention=self._attention)
             workflow.continue_as_new(
                 job.model_copy(
                     update={
@@ -167,6 +175,11 @@ class ParcelWorkflow:
                 )
             )
         return ParcelOutcome(delivery=self._delivery, attention=self._attention)
+
+    @workflow.signal
+    def close(self) -> None:
+        """The order was closed by an operator in Temporal: stop (after a post in flight)."""
+        self._closing = self._closing or "an operator closed the order in Temporal"
 
     @workflow.signal
     def stop(self, action: OperatorAction) -> None:
@@ -184,7 +197,7 @@ class ParcelWorkflow:
         return self._delivery
 
     def _stopping(self) -> bool:
-        return self._closed or self._stopped_by is not None
+        return self._closing is not None or self._stopped_by is not None
 
     async def _follow(self) -> bool:
         """Poll and post until delivered or stopped; True to continue as new."""
@@ -223,18 +236,22 @@ class ParcelWorkflow:
                 or info.get_current_history_length() >= job.events_per_run
             ):
                 return True
+        self._note_stop()
+        return False
+
+    def _note_stop(self) -> None:
+        """Record why the following stopped before the delivery (unless it said already)."""
+        delivery, action = self._delivery, self._stopped_by
         if not delivery.stopped:
-            action = self._stopped_by
             delivery.stopped = (
                 f"given up by {action.by}" + (f": {action.reason}" if action.reason else "")
                 if action is not None
-                else "an operator closed the order in Temporal"
+                else self._closing
             )
         workflow.logger.warning(
-            "order %s: parcel no longer followed: %s", job.order_id, delivery.stopped
+            "order %s: parcel no longer followed: %s", self._job.order_id, delivery.stopped
         )
         self._show()
-        return False
 
     async def _poll(self) -> ParcelStatus | None:
         """The carrier's answer; None when it cannot answer for now (the next poll asks again),
