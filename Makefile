@@ -10,7 +10,7 @@ UV_VERSION := $(shell sed -n 's/.*"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint lock-check lock format readme bench soak deploy-test clean
+.PHONY: run test test-suite lint lock-check lock format readme bench soak deploy-test clean
 
 # Exactly the versions in uv.lock: the project, its dependencies and the dev extra.
 $(STAMP): pyproject.toml uv.lock
@@ -34,8 +34,15 @@ run: $(STAMP)
 	$(PY) -m devtools.run_local
 
 ## test: lint, type-check and the whole test suite against real Temporal servers.
-test: $(STAMP) lock-check lint
-	$(PY) -m pytest
+## The suite runs on PYTEST_WORKERS processes (pytest-xdist), each with its own dev server and
+## PostgreSQL; lint runs beside it, its output printed whole once it ends (both must pass).
+PYTEST_WORKERS ?= 3
+test: $(STAMP) lock-check
+	@$(MAKE) --no-print-directory --jobs=2 --output-sync=target lint test-suite
+
+# Slowest first (tests/conftest.py), handed out one at a time: no slow test waits behind another.
+test-suite: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

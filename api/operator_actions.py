@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import socket
 import sys
 import uuid
@@ -163,7 +164,13 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main() -> None:
     """The command."""
-    sys.exit(asyncio.run(_main(_parser().parse_args())))
+    code = asyncio.run(_main(_parser().parse_args()))
+    # Leave without the interpreter's teardown: the Temporal client's Rust threads, still there,
+    # can abort it ("Fatal Python error: PyGILState_Release", SIGABRT, temporalio/sdk-python#300)
+    # after the answer was printed, and a script would read the action as failed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

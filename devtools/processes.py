@@ -15,6 +15,7 @@ stopped when the block exits, whatever happened inside it.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,15 +37,54 @@ HOST = "127.0.0.1"
 
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports nothing listens on right now (all held open until chosen, so
-    the OS cannot hand out the same one twice)."""
-    probes = [socket.socket() for _ in range(count)]
+    the OS cannot hand out the same one twice).
+
+    They are taken below the kernel's ephemeral range, where no outgoing connection (ours, a
+    dev server's, another test run's) can take one between this choice and its server's bind;
+    under pytest-xdist each worker process draws from a slice of its own, so two workers never
+    choose the same port.
+    """
+    low, high = _port_slice()
+    candidates = random.sample(range(low, high), k=high - low)
+    probes: list[socket.socket] = []
     try:
-        for probe in probes:
-            probe.bind((HOST, 0))
+        for port in candidates:
+            if len(probes) == count:
+                break
+            probe = socket.socket()
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                probe.close()
+                continue
+            probes.append(probe)
+        if len(probes) < count:
+            raise RuntimeError(f"fewer than {count} free ports in {low}-{high - 1}")
         return [probe.getsockname()[1] for probe in probes]
     finally:
         for probe in probes:
             probe.close()
+
+
+# Ports from here up to the ephemeral range are handed out by `free_ports`.
+FIRST_CHOSEN_PORT = 10_000
+
+
+def _port_slice() -> tuple[int, int]:
+    """[low, high) of the ports this process may choose: below the ephemeral range (Linux says
+    where it starts; 32768 otherwise), this pytest-xdist worker's share of it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768
+    low, high = FIRST_CHOSEN_PORT, max(ephemeral, FIRST_CHOSEN_PORT + 1_000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1... under pytest-xdist
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and workers > 1:
+        share = (high - low) // workers
+        low += int(worker[2:]) * share
+        high = low + share
+    return low, high
 
 
 def listening(port: int) -> bool:

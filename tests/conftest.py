@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from devtools.postgres import TemporaryPostgres
+from devtools.processes import free_ports
 from workflows import search
 
 BIN_DIR = Path(sysconfig.get_path("scripts"))
@@ -23,12 +26,26 @@ DEV_SERVER_ARGS = [
 ]
 
 
+def dev_server_ports() -> dict[str, Any]:
+    """`WorkflowEnvironment.start_local` arguments that give the dev server ports `free_ports`
+    chose (frontend, HTTP API, metrics), none it would pick itself where another pytest-xdist
+    worker's server or stack may be starting: with `dev_server_extra_args`, add them to it."""
+    frontend, http, metrics = free_ports(3)
+    return {
+        "port": frontend,
+        "dev_server_extra_args": ["--http-port", str(http), "--metrics-port", str(metrics)],
+    }
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """One dev server for the whole session; each test uses its own task queue."""
+    """One dev server for the whole session (of each pytest-xdist worker); each test uses its
+    own task queue."""
+    ports = dev_server_ports()
     env = await WorkflowEnvironment.start_local(
+        port=ports["port"],
         dev_server_existing_path=str(BIN_DIR / "temporal"),
-        dev_server_extra_args=DEV_SERVER_ARGS,
+        dev_server_extra_args=[*DEV_SERVER_ARGS, *ports["dev_server_extra_args"]],
         data_converter=pydantic_data_converter,
     )
     yield env
@@ -51,3 +68,47 @@ def warehouse_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | Pat
         return tmp_path / "warehouse.db"
     server: TemporaryPostgres = request.getfixturevalue("postgres")
     return server.create_database(f"warehouse_{uuid.uuid4().hex[:12]}")
+
+
+# The longest tests, longest first (`pytest --durations=40`, 2 cores): under pytest-xdist they
+# start first, each on a worker of its own, while the short ones fill the other workers; last,
+# one of them would keep `make test` waiting alone. A prefix of node ids names a file's tests.
+SLOWEST = (
+    "tests/test_readme.py::test_the_readme_shows_what_its_sessions_print",
+    "tests/test_scale.py::",
+    "tests/test_replay.py::test_todays_histories_replay",
+    "tests/test_workers_down.py::",
+    "tests/test_crashes.py::test_the_temporal_server_killed_and_restarted",
+    "tests/test_crashes.py::test_the_api_killed_mid_request",
+    "tests/test_operator_actions.py::test_retry_now_from_the_command",
+    "tests/test_crashes.py::",
+    "tests/test_fuzzing.py::",
+    "tests/test_interleavings.py::",
+    "tests/test_metrics.py::",
+    "tests/test_security.py::test_no_customer_data_in_the_api_or_worker_logs",
+    "tests/test_temporal_tls.py::test_an_order_is_invoiced",
+    "tests/test_seller_cancellation.py::",
+    "tests/test_logs.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`), the SLOWEST first, each followed by a short test: the
+    load scheduler hands tests out in this order, two pending per worker (--maxschedchunk 1),
+    so no slow test waits behind another. Alone (`-n 0`), the files' own order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        ranks = [i for i, prefix in enumerate(SLOWEST) if item.nodeid.startswith(prefix)]
+        return ranks[0] if ranks else len(SLOWEST)
+
+    slow = sorted((item for item in items if rank(item) < len(SLOWEST)), key=rank)
+    rest = [item for item in items if rank(item) == len(SLOWEST)]
+    ordered: list[pytest.Item] = []
+    for i, item in enumerate(slow):
+        ordered.append(item)
+        if i < len(rest):
+            ordered.append(rest[i])
+    ordered.extend(rest[len(slow) :])
+    items[:] = ordered

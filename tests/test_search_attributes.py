@@ -18,7 +18,7 @@ from api import order_calls
 from api.errors import ApiError
 from api.models import OrderPlacement
 from config import Settings
-from tests.conftest import BIN_DIR
+from tests.conftest import BIN_DIR, dev_server_ports
 from tests.stack import Stack, new_order_id, placement_example, running_stack, temporal_cli_json
 from workflows import ids
 
@@ -99,9 +99,15 @@ async def test_a_namespace_without_the_attributes_refuses_the_placement_visibly(
 ) -> None:
     # A server whose namespace never had them registered (no worker has started against it): the
     # API's update-with-start, which carries them, is refused before anything starts.
+    ports = dev_server_ports()
     env = await WorkflowEnvironment.start_local(
+        port=ports["port"],
         dev_server_existing_path=str(BIN_DIR / "temporal"),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.enableServerVersionCheck=false",
+            *ports["dev_server_extra_args"],
+        ],
         data_converter=pydantic_data_converter,
     )
     try:
