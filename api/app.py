@@ -56,7 +56,7 @@ def create_app(
     app = FastAPI(
         title="VTEX External Seller connector",
         summary="Order placement, dispatching and cancellation on durable Temporal workflows.",
-        version="0.1.0",
+        version="1.0.0",  # pyproject.toml's (tests/test_units.py checks they agree)
         lifespan=lifespan,
         # Served by the ops listener (api/ops.py), from `app.openapi()`.
         openapi_url=None,

@@ -75,6 +75,7 @@ def warehouse_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | Pat
 # one of them would keep `make test` waiting alone. A prefix of node ids names a file's tests.
 SLOWEST = (
     "tests/test_readme.py::test_the_readme_shows_what_its_sessions_print",
+    "tests/test_upgrade.py::",
     "tests/test_scale.py::",
     "tests/test_replay.py::test_todays_histories_replay",
     "tests/test_workers_down.py::",
@@ -89,6 +90,8 @@ SLOWEST = (
     "tests/test_temporal_tls.py::test_an_order_is_invoiced",
     "tests/test_seller_cancellation.py::",
     "tests/test_logs.py::",
+    "tests/test_parcel.py::",
+    "tests/test_delivery.py::test_the_orders_history_does_not_grow_with_polls",
 )
 
 

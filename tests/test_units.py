@@ -4,6 +4,7 @@ marketplace OpenAPI file)."""
 from __future__ import annotations
 
 import json
+import tomllib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -165,3 +166,9 @@ def test_the_lifecycle_only_moves_forward_and_ends() -> None:
     # The invoice may win a race with a cancellation, never with an expiry.
     assert can_move(S.CANCELING, S.INVOICED)
     assert not can_move(S.EXPIRING, S.INVOICED)
+
+
+def test_the_apis_version_is_the_projects() -> None:
+    project = tomllib.loads((CONTRACT_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    app_source = (CONTRACT_DIR.parent / "api" / "app.py").read_text(encoding="utf-8")
+    assert f'version="{project["project"]["version"]}"' in app_source
