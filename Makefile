@@ -37,6 +37,12 @@ run: $(STAMP)
 ## The suite runs on PYTEST_WORKERS processes (pytest-xdist), each with its own dev server and
 ## PostgreSQL; lint runs beside it, its output printed whole once it ends (both must pass).
 PYTEST_WORKERS ?= 3
+# A bytecode cache for every Python process of the tests, in the venv: where
+# PYTHONDONTWRITEBYTECODE is set (this machine, the image), each would compile what it imports
+# from source, 2.9 s of CPU to import the API instead of 1.2 s, for each of the hundreds of
+# processes (workers, APIs, marketplaces, pytest's own) the suite starts.
+test test-suite lint readme: export PYTHONDONTWRITEBYTECODE :=
+test test-suite lint readme: export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
 test: $(STAMP) lock-check
 	@$(MAKE) --no-print-directory --jobs=2 --output-sync=target lint test-suite
 
