@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from temporalio.client import WorkflowHistory
@@ -184,20 +185,25 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
         change_notification_debounce="1s",
         marketplace_retry_for="2s",
     ) as stack:
-        scenarios = {
+        # At once, those that leave the marketplace alone; then, one by one, those that make it
+        # fail (its failures are injected for every order).
+        together = {
             "invoiced_then_refused": _invoiced_then_refused,
             "canceled_mid_step": _canceled_mid_step,
             "canceled_before_dispatch": _canceled_before_dispatch,
             "expired_then_canceled": _expired_then_canceled,
             "step_failed_for_good": _step_failed_for_good,
             "operator_canceled_mid_step": _operator_canceled_mid_step,
-            "invoice_resent_by_an_operator": _invoice_resent_by_an_operator,
-            "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
             "refused_for_stock": _refused_for_stock,
             "delivered_then_refused": _delivered_then_refused,
             "tracking_stopped_by_an_operator": _tracking_stopped_by_an_operator,
         }
-        for name, scenario in scenarios.items():
+        one_by_one = {
+            "invoice_resent_by_an_operator": _invoice_resent_by_an_operator,
+            "refused_while_the_resend_is_refused": _invoiced_then_refused_later,
+        }
+
+        async def record(name: str, scenario: Callable[[Stack], Awaitable[str]]) -> None:
             order_id = await scenario(stack)
             handle = stack.handle(order_id)
             view = await handle.result()  # the whole life, late-call window included
@@ -205,6 +211,10 @@ async def test_todays_histories_replay(temporal_env: WorkflowEnvironment, tmp_pa
             if view.parcel_workflow_id:
                 parcel = stack.client.get_workflow_handle(view.parcel_workflow_id)
                 histories[f"{name}.parcel"] = await parcel.fetch_history()
+
+        await asyncio.gather(*(record(name, scenario) for name, scenario in together.items()))
+        for name, scenario in one_by_one.items():
+            await record(name, scenario)
         sku = await _sku_changes_burst(stack)
         sku_handle = stack.client.get_workflow_handle(
             ids.sku_changes_workflow_id(stack.settings.task_queue, sku)

@@ -81,8 +81,8 @@ async def test_orders_in_flight_on_the_release_are_finished_by_this_version(
     stack = ProcessStack(
         tmp_path / "stack",
         workers=0,
-        step_seconds=1.5,
-        env={"TRACKING_POLL_INTERVAL": "1s", "CARRIER_DELIVERY_TIME": "6s"},
+        step_seconds=1.0,
+        env={"TRACKING_POLL_INTERVAL": "1s", "CARRIER_DELIVERY_TIME": "4s"},
     )
     released_worker = stack.add_worker(start=False, cwd=release)
     stack.api.cwd = release
