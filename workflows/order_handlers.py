@@ -211,7 +211,16 @@ class OrderHandlers(OrderRecord):
     def _validate_stop_tracking(self, request: OperatorRequest) -> None:
         self._check(request)
         if not self._following_parcel or self._tracking_stopped is not None:
-            stopped = self._delivery.stopped if self._delivery else None
+            # An operator's stop says so at once, whether or not the parcel's workflow has ended
+            # yet (the same words it records there).
+            action = self._tracking_stopped
+            stopped = (
+                f"given up by {action.by}" + (f": {action.reason}" if action.reason else "")
+                if action is not None
+                else self._delivery.stopped
+                if self._delivery
+                else None
+            )
             self._refuse(
                 f"it is not following a parcel ({self._status}{'; ' + stopped if stopped else ''})"
             )
