@@ -36,7 +36,7 @@ run: $(STAMP)
 ## test: lint, type-check and the whole test suite against real Temporal servers.
 ## The suite runs on PYTEST_WORKERS processes (pytest-xdist), each with its own dev server and
 ## PostgreSQL; lint runs beside it, its output printed whole once it ends (both must pass).
-PYTEST_WORKERS ?= 5
+PYTEST_WORKERS ?= 4
 # A bytecode cache for every Python process of the tests, in the venv: where
 # PYTHONDONTWRITEBYTECODE is set (this machine, the image), each would compile what it imports
 # from source, 2.9 s of CPU to import the API instead of 1.2 s, for each of the hundreds of
