@@ -14,8 +14,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 import workflows.parcel
-from tests.stack import new_order_id, running_stack
-from tests.test_delivery import placed_and_dispatched, runs_of
+from tests.stack import Stack, new_order_id
+from tests.test_delivery import following, placed_and_dispatched, runs_of
 from workflows.parcel import ParcelOutcome
 
 
@@ -25,21 +25,24 @@ class ShortRuns(workflows.parcel.ParcelToFollow):
     events_per_run: int = 30
 
 
+async def continued_as_new(temporal_env: WorkflowEnvironment, stack: Stack, order_id: str) -> str:
+    """The order's parcel's workflow id, once that workflow has continued as new at least once."""
+    view = await stack.wait_for(order_id, lambda o: o["parcelWorkflowId"] is not None)
+    parcel_id: str = view["parcelWorkflowId"]
+    for _ in range(60):
+        if await runs_of(temporal_env, parcel_id) >= 2:
+            return parcel_id
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{parcel_id} never continued as new")
+
+
 async def test_an_operator_closes_an_order_whose_parcel_continued_as_new(
     temporal_env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(workflows.parcel, "ParcelToFollow", ShortRuns)
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         order_id = await placed_and_dispatched(stack)
-        view = await stack.wait_for(order_id, lambda o: o["parcelWorkflowId"] is not None)
-        parcel_id = view["parcelWorkflowId"]
-        for _ in range(60):
-            if await runs_of(temporal_env, parcel_id) >= 2:
-                break
-            await asyncio.sleep(0.5)
-        assert await runs_of(temporal_env, parcel_id) >= 2
+        parcel_id = await continued_as_new(temporal_env, stack, order_id)
         handle = stack.handle(order_id)
         await handle.cancel()  # an operator closes the order in Temporal
         closed = await asyncio.wait_for(handle.result(), 20)
@@ -53,9 +56,7 @@ async def test_an_operator_closes_an_order_whose_parcel_continued_as_new(
 async def test_the_parcels_workflow_terminated_keeps_what_the_marketplace_has(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         order_id = await placed_and_dispatched(stack)
         view = await stack.wait_for(
             order_id, lambda o: o["delivery"] and o["delivery"]["eventsReported"] >= 1
@@ -77,9 +78,7 @@ async def test_the_parcels_workflow_terminated_keeps_what_the_marketplace_has(
 async def test_the_parcels_workflow_cancelled_by_hand_says_so(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         order_id = await placed_and_dispatched(stack)
         view = await stack.wait_for(
             order_id, lambda o: o["delivery"] and o["delivery"]["eventsReported"] >= 1
@@ -97,12 +96,8 @@ async def test_the_parcels_workflow_cancelled_by_hand_says_so(
 async def test_an_undelivered_invoice_keeps_its_attention_once_the_parcel_is_delivered(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env,
-        tmp_path,
-        tracking_poll_interval="1s",
-        carrier_delivery_time="8s",
-        marketplace_retry_for="2s",
+    async with following(
+        temporal_env, tmp_path, carrier_delivery_time="8s", marketplace_retry_for="2s"
     ) as stack:
         order_id = await placed_and_dispatched(stack)
         await stack.wait_for(order_id, lambda o: o["delivery"] is not None)
@@ -126,16 +121,9 @@ async def test_stop_tracking_and_retry_now_reach_a_parcel_that_continued_as_new(
     temporal_env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(workflows.parcel, "ParcelToFollow", ShortRuns)
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         order_id = await placed_and_dispatched(stack)
-        view = await stack.wait_for(order_id, lambda o: o["parcelWorkflowId"] is not None)
-        parcel_id = view["parcelWorkflowId"]
-        for _ in range(60):
-            if await runs_of(temporal_env, parcel_id) >= 2:
-                break
-            await asyncio.sleep(0.5)
+        await continued_as_new(temporal_env, stack, order_id)
         retry = await stack.ops.post(f"/orders/SLR-{order_id}/retry-now", json={"by": "ana"})
         call = {"by": "carla", "reason": "picked up"}
         stopped = await stack.ops.post(f"/orders/SLR-{order_id}/stop-tracking", json=call)
@@ -153,16 +141,9 @@ async def test_an_order_terminated_stops_a_parcel_that_continued_as_new(
     temporal_env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(workflows.parcel, "ParcelToFollow", ShortRuns)
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         order_id = await placed_and_dispatched(stack)
-        view = await stack.wait_for(order_id, lambda o: o["parcelWorkflowId"] is not None)
-        parcel_id = view["parcelWorkflowId"]
-        for _ in range(60):
-            if await runs_of(temporal_env, parcel_id) >= 2:
-                break
-            await asyncio.sleep(0.5)
+        parcel_id = await continued_as_new(temporal_env, stack, order_id)
         await stack.handle(order_id).terminate(reason="by hand")
         parcel = temporal_env.client.get_workflow_handle(parcel_id, result_type=ParcelOutcome)
         outcome = await asyncio.wait_for(parcel.result(), 20)
@@ -175,9 +156,7 @@ async def test_an_order_terminated_stops_a_parcel_that_continued_as_new(
 async def test_a_tracking_post_being_retried_is_listed_among_the_orders_pending_calls(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="1h"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="1h") as stack:
         stack.marketplace.fail_next("tracking_status", 1000, status=503)
         order_id = await placed_and_dispatched(stack)
         await stack.marketplace.wait_for_calls(
@@ -195,9 +174,7 @@ async def test_a_tracking_post_being_retried_is_listed_among_the_orders_pending_
 async def test_an_order_whose_id_ends_in_parcel_does_not_take_another_orders_parcel_id(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="2s"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="2s") as stack:
         order_id = new_order_id()
         # Valid marketplaceOrderIds (letters, digits, . _ : -), placed and left waiting: were the
         # parcel's workflow id `order-{id}-parcel`, the first would hold it.
@@ -220,9 +197,7 @@ async def test_an_order_whose_id_ends_in_parcel_does_not_take_another_orders_par
 async def test_a_resend_in_flight_when_the_parcel_is_delivered_lets_the_order_close(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        temporal_env, tmp_path, tracking_poll_interval="1s", carrier_delivery_time="3s"
-    ) as stack:
+    async with following(temporal_env, tmp_path, carrier_delivery_time="3s") as stack:
         order_id = await placed_and_dispatched(stack)
         await stack.wait_for(order_id, lambda o: o["delivery"] is not None)
         # A refused cancellation sends the invoice again, beside the following; the marketplace
