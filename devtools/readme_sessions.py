@@ -279,6 +279,9 @@ _VARYING = [
     (re.compile(r"\b\d{2}:\d{2}:\d{2}(\.\d+)?\b"), "<time>"),
     (re.compile(r"\b\d+(\.\d+)? ?(ms|s)\b"), "<duration>"),
     (re.compile(r"\b\d+\.\d+e[+-]\d+\b"), "<timestamp>"),
+    # A retry's attempt number: which retry a poll catches depends on the machine's load (the
+    # first attempt stays exact).
+    (re.compile(r'"attempt": ([2-9]|\d{2,})\b'), '"attempt": <retry>'),
     # `make run`'s data directory, in whichever checkout it ran.
     (re.compile(r"(/[^\s/]+)+/\.data\b"), "<checkout>/.data"),
 ]
