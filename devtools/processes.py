@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,35 +37,40 @@ HOST = "127.0.0.1"
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports nothing listens on right now (all held open until chosen, so
-    the OS cannot hand out the same one twice).
+    """`count` distinct TCP ports nothing listens on right now, none handed out before by this
+    process (until its whole slice has been walked).
 
     They are taken below the kernel's ephemeral range, where no outgoing connection (ours, a
     dev server's, another test run's) can take one between this choice and its server's bind;
     under pytest-xdist each worker process draws from a slice of its own, so two workers never
-    choose the same port.
+    choose the same port. Within a process the slice is walked in order from a random start:
+    a port chosen but not yet listened on (a stack still starting in another thread, as the
+    README's sessions do) is never chosen again, which a port that is merely free could be.
     """
     low, high = _port_slice()
-    candidates = random.sample(range(low, high), k=high - low)
-    probes: list[socket.socket] = []
-    try:
-        for port in candidates:
-            if len(probes) == count:
+    chosen: list[int] = []
+    with _cursor_lock:
+        global _cursor
+        if _cursor is None or not low <= _cursor < high:
+            _cursor = random.randrange(low, high)
+        for _ in range(high - low):
+            if len(chosen) == count:
                 break
-            probe = socket.socket()
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                probe.close()
-                continue
-            probes.append(probe)
-        if len(probes) < count:
-            raise RuntimeError(f"fewer than {count} free ports in {low}-{high - 1}")
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+            port, _cursor = _cursor, low + (_cursor + 1 - low) % (high - low)
+            with socket.socket() as probe:
+                try:
+                    probe.bind((HOST, port))
+                except OSError:
+                    continue
+            chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError(f"fewer than {count} free ports in {low}-{high - 1}")
+    return chosen
 
+
+# The next port `free_ports` tries in this process's slice.
+_cursor: int | None = None
+_cursor_lock = threading.Lock()
 
 # Ports from here up to the ephemeral range are handed out by `free_ports`.
 FIRST_CHOSEN_PORT = 10_000
