@@ -46,9 +46,10 @@ test test-suite lint readme: export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pyc
 test: $(STAMP) lock-check
 	@$(MAKE) --no-print-directory --jobs=2 --output-sync=target lint test-suite
 
-# Slowest first (tests/conftest.py), handed out one at a time: no slow test waits behind another.
+# Slowest first, the files that share a stack whole on one worker (tests/conftest.py): no slow
+# test waits behind another, no stack starts twice.
 test-suite: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from xdist.scheduler import LoadScopeScheduling
 
 from devtools.postgres import TemporaryPostgres
 from devtools.processes import free_ports
@@ -74,15 +75,19 @@ def warehouse_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | Pat
 # start first, each on a worker of its own, while the short ones fill the other workers; last,
 # one of them would keep `make test` waiting alone. A prefix of node ids names a file's tests.
 SLOWEST = (
-    "tests/test_readme.py::test_the_readme_shows_what_its_sessions_print",
+    "tests/test_readme.py::",
     "tests/test_upgrade.py::",
     "tests/test_scale.py::",
     "tests/test_replay.py::test_todays_histories_replay",
     "tests/test_workers_down.py::",
+    "tests/test_ops_listener.py::",
+    "tests/test_temporal_tls.py::",
     "tests/test_crashes.py::test_the_temporal_server_killed_and_restarted",
     "tests/test_crashes.py::test_the_api_killed_mid_request",
     "tests/test_operator_actions.py::test_retry_now_from_the_command",
     "tests/test_crashes.py::",
+    "tests/test_api.py::",
+    "tests/test_stalled_requests.py::",
     "tests/test_fuzzing.py::",
     "tests/test_interleavings.py::",
     "tests/test_metrics.py::",
@@ -94,11 +99,42 @@ SLOWEST = (
     "tests/test_delivery.py::test_the_orders_history_does_not_grow_with_polls",
 )
 
+# Files whose tests share a stack of their own (a module-scoped fixture): each runs whole on one
+# pytest-xdist worker, so its stack starts once. Handed out one test at a time, their tests were
+# spread over every worker, between other files' tests, and each move to another file tore the
+# stack down: test_api.py's started 25 times in one run.
+ONE_WORKER_FILES = (
+    "tests/test_ops_listener.py",
+    "tests/test_temporal_tls.py",
+    "tests/test_api.py",
+    "tests/test_stalled_requests.py",
+    "tests/test_hostile_input.py",
+    "tests/test_real_world_placements.py",
+    "tests/test_simulation.py",
+    "tests/test_lock_ttl.py",
+)
+
+
+class OneWorkerFilesScheduling(LoadScopeScheduling):
+    """`--dist loadgroup` as this suite means it: each of the ONE_WORKER_FILES is one unit of
+    work, every other test a unit of its own; units are handed out in collection order (with
+    `--no-loadscope-reorder`), a new one to a worker with at most two tests left. (pytest-xdist's
+    own loadgroup reads `xdist_group` marks through a node attribute pytest 9 no longer has.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::")[0]
+        return path if path in ONE_WORKER_FILES else nodeid
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+    return OneWorkerFilesScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`), the SLOWEST first, each followed by a short test: the
-    load scheduler hands tests out in this order, two pending per worker (--maxschedchunk 1),
-    so no slow test waits behind another. Alone (`-n 0`), the files' own order."""
+    scheduler hands units out in this order, so no slow test waits behind another. Alone
+    (`-n 0`), the files' own order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
