@@ -33,6 +33,7 @@ from activities.catalog import (
 )
 from activities.simulated_warehouse import SimulatedWarehouse
 from change_relay import ChangeOutbox
+from config import get_settings
 from tests.stack import Stack, running_stack
 from tests.test_change_notifications import (
     assert_is_vtex_notification,
@@ -403,7 +404,12 @@ async def test_reported_stock_and_price_changes_reach_the_marketplace(stack: Sta
 # ── The command ────────────────────────────────────────────────────────────────────────────────
 
 
-async def test_the_command_applies_one_change_or_a_batch_file(stack: Stack, tmp_path: Path) -> None:
+async def test_the_command_applies_one_change_or_a_batch_file(
+    stack: Stack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     one, two = listed(stack, stock=10), listed(stack, stock=10)
     batch = tmp_path / "batch.json"
     batch.write_text(
@@ -411,44 +417,47 @@ async def test_the_command_applies_one_change_or_a_batch_file(stack: Stack, tmp_
             {
                 "changes": [
                     {"changeId": f"{two}-1", "sku": two, "stock": 2},
-                    # The command's change, sent again.
+                    # The single change's, sent again.
                     {"changeId": f"{one}-1", "sku": one, "stock": 3, "price": 777},
                 ]
             }
         )
     )
-    # The stack's warehouse, as its DATA_DIR names it.
-    env = {k: v for k, v in os.environ.items() if k not in ("WAREHOUSE_URL", "WAREHOUSE_DB")}
-    env["DATA_DIR"] = str(stack.settings.data_dir)
-
-    async def command(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "activities.catalog", "change", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    single = await command(one, "--change-id", f"{one}-1", "--stock", "3", "--price", "777")
-    from_file, unknown = await asyncio.gather(
-        command("--file", str(batch)), command("nope", "--change-id", "x", "--stock", "1")
+    # The stack's warehouse, as its DATA_DIR names it, for the command run here and as a process.
+    monkeypatch.setenv("DATA_DIR", str(stack.settings.data_dir))
+    monkeypatch.delenv("WAREHOUSE_URL", raising=False)
+    monkeypatch.delenv("WAREHOUSE_DB", raising=False)
+    get_settings.cache_clear()
+    try:
+        single = main(["change", one, "--change-id", f"{one}-1", "--stock", "3", "--price", "777"])
+        single_out = capsys.readouterr()
+        unknown = main(["change", "nope", "--change-id", "x", "--stock", "1"])
+        unknown_out = capsys.readouterr()
+    finally:
+        get_settings.cache_clear()
+    # One run as a process: `python -m activities.catalog` as the seller runs it.
+    from_file = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "activities.catalog", "change", "--file", str(batch)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
-    assert single.returncode == 0, single.stderr
-    assert single.stdout.splitlines() == [
+    assert single == 0, single_out.err
+    assert single_out.out.splitlines() == [
         "catalog: 1 applied, 0 applied before (left as they are)",
         f"  applied         {one}-1  SKU {one}",
     ]
+    assert unknown == 1 and "nope" in unknown_out.err and not unknown_out.out
     assert from_file.returncode == 0, from_file.stderr
-    assert from_file.stdout.splitlines()[1:] == [
+    assert from_file.stdout.splitlines() == [
+        "catalog: 1 applied, 1 applied before (left as they are)",
         f"  applied         {two}-1  SKU {two}",
         f"  applied before  {one}-1  SKU {one}",
     ]
-    assert unknown.returncode == 1 and "nope" in unknown.stderr and not unknown.stdout
-    assert "Traceback" not in unknown.stderr
     offers = Catalog.from_settings(stack.settings).offers([one, two])
     assert (offers[one].price, offers[one].available, offers[two].available) == (777, 3, 2)
 
