@@ -8,8 +8,9 @@ same on both; what differs is how a transaction gets exclusive access to what it
   processes cannot both read the same stock and then both write), in WAL mode so readers run beside
   the writer, with a busy timeout so that the losers wait instead of fail.
 - PostgreSQL: `READ COMMITTED` with row locks (`SELECT ... FOR UPDATE` on the order, conditional
-  `UPDATE`s on stock), always taken in the same order (order, invoice sequence, stock rows by SKU)
-  so that two transactions cannot deadlock each other.
+  `UPDATE`s on stock), always taken in the same order (order, invoice sequence, stock rows by SKU;
+  the whole order in `record_change`'s docstring) so that two transactions cannot deadlock each
+  other.
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ sku_changes = Table(
     Column("relayed_version", Quantity, nullable=False, server_default="0"),
     Column("changed_at", Text, nullable=False),
     CheckConstraint(f"kind IN ({_CHANGE_KIND_LIST})", name="sku_changes_kind"),
+)
+
+# The price and stock changes the seller's own system reported (POST /catalog/changes on the ops
+# listener, `change` of activities/catalog.py), one row per change id, written in the transaction
+# that applies the change and kept: a report sent again (a retry, a replayed queue) is answered
+# "applied before" and changes nothing, however late it comes (a change applied again later could
+# undo a newer one), and the same id with another body is refused. What was asked is kept, not a
+# digest of it, so that the table also says which change set a price or a stock level.
+applied_changes = Table(
+    "applied_changes",
+    metadata,
+    Column("change_id", Text, primary_key=True),
+    Column("sku", Text, nullable=False),
+    Column("price", Quantity),
+    Column("list_price", Quantity),
+    Column("stock", Quantity),
+    Column("applied_at", Text, nullable=False),
 )
 
 sequences = Table(
@@ -314,7 +332,9 @@ def insert_ignore(engine: Engine, table: Table, keys: list[str]) -> Any:
 def record_change(connection: Connection, sku: str, kind: str, at: str) -> None:
     """Note in the outbox that `sku`'s `kind` (price or inventory) changed, in the caller's
     transaction. Callers write it after every stock row they lock, by (SKU, kind) ascending: the
-    lock order is order, invoice sequence, stock by SKU, then changes by (SKU, kind)."""
+    lock order is applied change ids by id, order, invoice sequence, the catalog's and the
+    stock's rows by SKU (each SKU's catalog row before its stock row), then changes by (SKU,
+    kind)."""
     if kind not in CHANGE_KINDS:
         raise ValueError(f"unknown change kind {kind!r}")
     if connection.dialect.name == "postgresql":

@@ -3,7 +3,8 @@
 `GET /metrics` (the registry the VTEX-facing app's metrics middleware fills: one process),
 `GET /docs` and `GET /openapi.json` (the VTEX-facing app's routes), `POST /codec/decode` and
 `/codec/encode` (the payload codec the Temporal UI and the `temporal` CLI call), operators' actions
-on an order (`POST /orders/{orderId}/resend-invoice`, `/retry-now`, `/stop-tracking`), and
+on an order (`POST /orders/{orderId}/resend-invoice`, `/retry-now`, `/stop-tracking`), the
+price and stock changes the seller's own system reports (`POST /catalog/changes`), and
 `GET /healthz`.
 Who may call what: api/ops_auth.py. `python -m api` serves it on OPS_HOST:OPS_PORT beside the
 VTEX-facing app on API_HOST:API_PORT, in one event loop (api/__main__.py). See
@@ -24,7 +25,7 @@ from api import metrics
 from api.deps import require_ops_token
 from api.errors import ApiError, install_error_handlers
 from api.ops_auth import OpsAccess
-from api.routes import codec, health, operator
+from api.routes import catalog_changes, codec, health, operator
 
 CODEC_PREFIX = "/codec/"
 # What the Temporal UI sends to the codec (its data encoder): JSON, the namespace, and its OIDC
@@ -53,6 +54,7 @@ def create_ops_app(api: FastAPI) -> FastAPI:
     ops.include_router(_docs_router(api), dependencies=[Depends(require_ops_token)])
     ops.include_router(codec.router)
     ops.include_router(operator.router)
+    ops.include_router(catalog_changes.router)
     ops.add_middleware(CodecCors, origins=settings.codec_origins)
     return ops
 

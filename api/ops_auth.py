@@ -9,8 +9,9 @@ The rules, first match wins:
    OIDC access token); else, when OPS_TOKEN is set and CODEC_OPEN is not, 401; else open: only
    where the ops listener listens protects it, and `python -m api` says so at start. CODEC_OPEN
    is for a Temporal UI without a login, which can send no token (docker-compose.yml).
-3. Every other route (`/metrics`, `/docs`, `/openapi.json`): `Bearer <OPS_TOKEN>` when OPS_TOKEN
-   is set, else open. A JWT does not open these.
+3. Every other route (`/metrics`, `/docs`, `/openapi.json`, the operators' actions
+   `/orders/...`, the seller's price and stock changes `/catalog/changes`): `Bearer <OPS_TOKEN>`
+   when OPS_TOKEN is set, else open. A JWT does not open these.
 """
 
 from __future__ import annotations
@@ -177,7 +178,10 @@ class OpsAccess:
     def summary(self) -> str:
         """Who may call what, for the start log."""
         if not self.ops_token and self.jwt_verifier is None:
-            return "NO authentication: whoever reaches it reads the metrics and decodes payloads"
+            return (
+                "NO authentication: whoever reaches it reads the metrics, decodes payloads and "
+                "changes prices and stock"
+            )
         ops = "OPS_TOKEN required (but /healthz)" if self.ops_token else "metrics and docs open"
         if self.codec_open:
             return f"{ops}; codec: OPEN (CODEC_OPEN): whoever reaches it decodes payloads"
