@@ -1,0 +1,217 @@
+"""Adapters that each break one clause of the `Warehouse` contract, as a seller's first attempt
+might: the simulated warehouse, wrapped, with one rule broken. tests/test_warehouse_kit.py
+checks that the kit (activities/warehouse_kit) names the clause each breaks and the calls that
+show it. Each is a factory for the WAREHOUSE setting too:
+`tests.broken_warehouses:LabelMintedAnew.from_settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from activities.fulfillment import TRANSIENT_ERRORS
+from activities.simulated_warehouse import SimulatedWarehouse
+from activities.warehouse import (
+    Invoice,
+    OrderReleased,
+    OutOfStock,
+    ParcelStatus,
+    Reservation,
+    ShippingLabel,
+    WarehouseOrder,
+)
+from config import Settings
+
+T = TypeVar("T")
+
+# How long after its cancel a cut-off reservation commits on the far side.
+LATE_COMMIT_SECONDS = 0.05
+# The gap between checking an order is not released and issuing its invoice.
+INVOICE_GAP_SECONDS = 0.01
+
+
+class WrappedWarehouse:
+    """The simulated warehouse, each method passed through; the subclasses break one."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        self.inner = inner
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WrappedWarehouse:
+        """A factory for the WAREHOUSE setting."""
+        return cls(SimulatedWarehouse.from_settings(settings))
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        return await self.inner.reserve(order)
+
+    async def pick(self, order_id: str) -> None:
+        await self.inner.pick(order_id)
+
+    async def pack(self, order_id: str) -> None:
+        await self.inner.pack(order_id)
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        return await self.inner.create_label(order)
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        return await self.inner.issue_invoice(order)
+
+    async def release(self, order_id: str) -> bool:
+        return await self.inner.release(order_id)
+
+    async def void_label(self, order_id: str) -> bool:
+        return await self.inner.void_label(order_id)
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        return await self.inner.track(order)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class LabelMintedAnew(WrappedWarehouse):
+    """Breaks `repeated_calls_act_once`: every create_label buys a new label, a retry too."""
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        label = await self.inner.create_label(order)
+        tracking_number = f"SIM{secrets.randbelow(10**10):010d}"
+        return label.model_copy(
+            update={
+                "label_id": f"LBL-{secrets.token_hex(4).upper()}",
+                "tracking_number": tracking_number,
+            }
+        )
+
+
+class ReserveLineByLine(WrappedWarehouse):
+    """Breaks `reserve_is_all_or_nothing`: takes the lines one by one and keeps those it took
+    before the line that is short."""
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        try:
+            return await self.inner.reserve(order)
+        except OutOfStock as short:
+            taken = []
+            for line in order.lines:
+                if line.sku == short.sku:
+                    break
+                taken.append(line)
+            if taken:
+                await self.inner.reserve(order.model_copy(update={"lines": taken}))
+            raise
+
+
+class ReserveCommitsAfterCancel(WrappedWarehouse):
+    """Breaks `cancelled_calls_are_undone`: a reservation cancelled in flight is committed by the
+    far side LATE_COMMIT_SECONDS later, under a reference of its own that `release` of the order
+    does not know."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self._late: set[asyncio.Task[Reservation]] = set()
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        try:
+            await asyncio.sleep(0.002)  # the request on its way
+        except asyncio.CancelledError:
+            late = asyncio.create_task(self._commit_later(order))
+            self._late.add(late)
+            late.add_done_callback(self._late.discard)
+            raise
+        return await self.inner.reserve(order)
+
+    async def _commit_later(self, order: WarehouseOrder) -> Reservation:
+        await asyncio.sleep(LATE_COMMIT_SECONDS)
+        return await self.inner.reserve(order.model_copy(update={"order_id": f"{order.order_id}L"}))
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._late, return_exceptions=True)
+        await self.inner.close()
+
+
+class InvoiceChecksThenActs(WrappedWarehouse):
+    """Breaks `invoice_and_release_have_one_winner`: checks that the order is not released, then
+    issues the invoice in a separate fiscal system, whatever the release did in between."""
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        record = await self.inner.order_record(order.order_id)
+        if record is not None and record["state"] == "released":
+            raise OrderReleased(f"order {order.order_id} was released")
+        await asyncio.sleep(INVOICE_GAP_SECONDS)
+        try:
+            return await self.inner.issue_invoice(order)
+        except OrderReleased:
+            # Checked above: the fiscal system issues its number all the same.
+            return Invoice(
+                invoice_number=f"NFe-{secrets.randbelow(10**6):06d}",
+                issuance_date=datetime.now(UTC),
+                invoice_value=sum(line.price * line.quantity for line in order.lines),
+                lines=order.lines,
+            )
+
+
+class ReleaseForgetsUnknownOrders(WrappedWarehouse):
+    """Breaks `release_before_reserve_holds_nothing`: a release of an order it never reserved
+    answers False and remembers nothing, so a late reservation of it holds stock."""
+
+    async def release(self, order_id: str) -> bool:
+        if await self.inner.order_record(order_id) is None:
+            return False
+        return await self.inner.release(order_id)
+
+
+class TrackDropsEvents(WrappedWarehouse):
+    """Breaks `tracking_never_goes_back`: every other answer of the carrier misses its latest
+    event."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self._tracked: Counter[str] = Counter()
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        status = await self.inner.track(order)
+        self._tracked[order.order_id] += 1
+        if self._tracked[order.order_id] % 2 == 0 and status.events:
+            return ParcelStatus(events=status.events[:-1], delivered=False)
+        return status
+
+
+class DownAsRuntimeError(WrappedWarehouse):
+    """Breaks `unreachable_system_fails_retryably`: a system that is down surfaces as
+    RuntimeError, which ends the order's step for good instead of being retried."""
+
+    @staticmethod
+    async def _plainly(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except TRANSIENT_ERRORS as err:
+            raise RuntimeError(f"warehouse failed: {err}") from None
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        return await self._plainly(self.inner.reserve(order))
+
+    async def pick(self, order_id: str) -> None:
+        await self._plainly(self.inner.pick(order_id))
+
+    async def pack(self, order_id: str) -> None:
+        await self._plainly(self.inner.pack(order_id))
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        return await self._plainly(self.inner.create_label(order))
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        return await self._plainly(self.inner.issue_invoice(order))
+
+    async def release(self, order_id: str) -> bool:
+        return await self._plainly(self.inner.release(order_id))
+
+    async def void_label(self, order_id: str) -> bool:
+        return await self._plainly(self.inner.void_label(order_id))
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        return await self._plainly(self.inner.track(order))

@@ -1,0 +1,294 @@
+"""The warehouse kit (activities/warehouse_kit): the simulated warehouse keeps every clause of the
+`Warehouse` contract, on SQLite and on PostgreSQL (through the kit's pytest plugin, as an
+adapter's own suite would use it); each adapter of tests/broken_warehouses.py breaks the clause
+it is written to break, and only that one, the report showing the calls that broke it; and the
+command prints and exits as docs/warehouse-kit.md shows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from activities.simulated_warehouse import SimulatedWarehouse
+from activities.warehouse_kit.__main__ import main
+from activities.warehouse_kit.clauses import CLAUSES
+from activities.warehouse_kit.pytest_plugin import KitTarget, warehouse_kit_tests
+from activities.warehouse_kit.runner import ClauseResult, run_kit
+from config import Settings
+from devtools.postgres import TemporaryPostgres
+from devtools.processes import free_ports
+from tests import broken_warehouses as broken
+
+pytest_plugins = ["activities.warehouse_kit.pytest_plugin"]
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "warehouse-kit.md"
+SKUS = ["KIT-A", "KIT-B"]
+# Fast enough that the kit's six polls see the parcel collected, in transit and delivered.
+DELIVERY_SECONDS = 0.1
+
+
+def simulated(store: str | Path) -> SimulatedWarehouse:
+    return SimulatedWarehouse(
+        store, default_stock=1000, step_seconds=0, delivery_seconds=DELIVERY_SECONDS
+    )
+
+
+def unreachable_url() -> str:
+    """The warehouse's PostgreSQL on a port nothing listens on: a database that is down."""
+    (port,) = free_ports(1)
+    return f"postgresql+psycopg://kit@127.0.0.1:{port}/kit"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def warehouse_kit_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> KitTarget:
+    """The simulated warehouse on a fresh SQLite file, then a fresh PostgreSQL database."""
+    store: str | Path
+    if request.param == "sqlite":
+        store = tmp_path_factory.mktemp("kit") / "warehouse.db"
+    else:
+        server: TemporaryPostgres = request.getfixturevalue("postgres")
+        store = server.create_database(f"kit_{uuid.uuid4().hex[:12]}")
+    down = unreachable_url()
+    return KitTarget(
+        lambda: simulated(store),
+        SKUS,
+        unreachable=lambda: SimulatedWarehouse(down, step_seconds=0),
+    )
+
+
+test_the_simulated_warehouse_keeps_the_clause = warehouse_kit_tests()
+
+# The clauses a broken adapter is also run through, to show it breaks its own alone (the
+# cancellations' and the races' are long: only the adapters that break them run them).
+SLOW_CLAUSES = {"cancelled_calls_are_undone", "invoice_and_release_have_one_winner"}
+
+
+@pytest.mark.parametrize(
+    ("adapter", "clause", "reason", "calls"),
+    [
+        pytest.param(
+            broken.LabelMintedAnew,
+            "repeated_calls_act_once",
+            r"^create_label twice gave two answers: label_id LBL-\w+ then LBL-\w+",
+            [r"create_label\((\S+)\) -> label LBL-", r"create_label\((\S+)\) -> label LBL-"],
+            id="LabelMintedAnew",
+        ),
+        pytest.param(
+            broken.ReserveLineByLine,
+            "reserve_is_all_or_nothing",
+            r"^the refused order \S+ holds 1 of KIT-A$",
+            [
+                r"reserve\(\S+: 1 of KIT-A, \d+ of KIT-B\) -> raised OutOfStock: SKU KIT-B",
+                r"reserve\(\S+: 1000000000 of KIT-A\) -> raised OutOfStock: .* \d+ available",
+            ],
+            id="ReserveLineByLine",
+        ),
+        pytest.param(
+            broken.ReserveCommitsAfterCancel,
+            "cancelled_calls_are_undone",
+            r"^reserve cancelled after 0\.0s, then released and voided: \d+ of KIT-A available",
+            [r"reserve\(\S+: 1 of KIT-A\) -> cancelled", r"release\(\S+\) -> False"],
+            id="ReserveCommitsAfterCancel",
+        ),
+        pytest.param(
+            broken.InvoiceChecksThenActs,
+            "invoice_and_release_have_one_winner",
+            r"^issue_invoice and release of \S+ at once: issue_invoice invoice NFe-\d+; "
+            r"release True$",
+            [r"issue_invoice\(\S+\) -> invoice NFe-|release\(\S+\) -> True"] * 2,
+            id="InvoiceChecksThenActs",
+        ),
+        pytest.param(
+            broken.ReleaseForgetsUnknownOrders,
+            "release_before_reserve_holds_nothing",
+            r"^reserve after its release answered and holds 1 of KIT-A$",
+            [r"release\((\S+)\) -> False", r"reserve\(\S+: 1 of KIT-A\) -> reservation"],
+            id="ReleaseForgetsUnknownOrders",
+        ),
+        pytest.param(
+            broken.TrackDropsEvents,
+            "tracking_never_goes_back",
+            r"^track answered \d events?: .+, then \d events?.* \(.+ gone\)$",
+            [r"track\(\S+\) -> \d events?", r"track\(\S+\) -> \d events?"],
+            id="TrackDropsEvents",
+        ),
+        pytest.param(
+            broken.DownAsRuntimeError,
+            "unreachable_system_fails_retryably",
+            r"^reserve raised RuntimeError: warehouse failed: warehouse database: .*; pick raised",
+            [r"reserve\(\S+: 1 of KIT-A\) -> raised RuntimeError"],
+            id="DownAsRuntimeError",
+        ),
+    ],
+)
+async def test_a_broken_adapter_breaks_its_clause(
+    tmp_path: Path,
+    adapter: type[broken.WrappedWarehouse],
+    clause: str,
+    reason: str,
+    calls: list[str],
+) -> None:
+    store = tmp_path / "warehouse.db"
+    down = unreachable_url()
+    report = await run_kit(
+        lambda: adapter(simulated(store)),
+        skus=SKUS,
+        clauses=[name for name in CLAUSES if name not in SLOW_CLAUSES or name == clause],
+        unreachable=(
+            (lambda: adapter(SimulatedWarehouse(down, step_seconds=0)))
+            if adapter is broken.DownAsRuntimeError
+            else None
+        ),
+    )
+
+    assert [result.name for result in report.broken] == [clause], report.text()
+    (result,) = report.broken
+    assert re.search(reason, result.reason), result.reason
+    assert result.expected
+    _assert_in_order(result, calls)
+    # The calls shown are those of the order that broke it, not the run's hundreds.
+    assert len(result.calls) <= 12, report.text()
+    assert {r.status for r in report.clauses if r is not result} <= {"held", "not run"}
+    assert not report.ok
+
+
+def _assert_in_order(result: ClauseResult, patterns: list[str]) -> None:
+    """Each pattern matches one of the calls shown, in this order."""
+    remaining = iter(result.calls)
+    for pattern in patterns:
+        assert any(re.search(pattern, call) for call in remaining), (
+            f"no call matching {pattern!r} in order in:\n" + "\n".join(result.calls)
+        )
+
+
+def _clause_lines(output: str) -> list[tuple[str, str]]:
+    """Each clause's (status, name) as the command printed them."""
+    return re.findall(r"^(held|BROKEN|not run) +(\w+) ", output, flags=re.MULTILINE)
+
+
+def _documented(arguments: str) -> list[tuple[str, str]]:
+    """The clause lines docs/warehouse-kit.md shows under its command that ends with these
+    arguments (a command may run on over lines ending in a backslash)."""
+    text = DOC.read_text(encoding="utf-8")
+    for block in re.findall(r"^```console\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+        for command in re.findall(r"^\$ ((?:[^\n]*\\\n)*[^\n]*)", block, re.MULTILINE):
+            if " ".join(command.replace("\\\n", " ").split()).endswith(arguments):
+                return _clause_lines(block)
+    raise AssertionError(f"{DOC.name} shows no run of ... {arguments}")
+
+
+def _kit_environment(tmp_path: Path) -> dict[str, str]:
+    """The simulated warehouse, fast and stocked, in a folder of its own."""
+    return {
+        "DATA_DIR": str(tmp_path),
+        "DEFAULT_STOCK": "100",
+        "FULFILLMENT_STEP_SECONDS": "0",
+        "CARRIER_DELIVERY_TIME": "1s",
+    }
+
+
+def test_the_command_holds_the_simulated_warehouse(tmp_path: Path) -> None:
+    # The WAREHOUSE setting's default: the simulated warehouse.
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("WAREHOUSE")
+    }
+    environment.update(_kit_environment(tmp_path))
+    arguments = f"check --sku 1 --sku 2 --unreachable-env WAREHOUSE_URL={unreachable_url()}"
+    run = subprocess.run(
+        [sys.executable, "-m", "activities.warehouse_kit", *arguments.split()],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "Checking activities.simulated_warehouse:SimulatedWarehouse.from_settings"
+    assert _clause_lines(run.stdout) == [("held", name) for name in CLAUSES]
+    assert lines[-1] == f"held: {len(CLAUSES)} of {len(CLAUSES)} clauses"
+    documented = "--unreachable-env WAREHOUSE_URL=postgresql+psycopg://kit@127.0.0.1:9/kit"
+    assert _clause_lines(run.stdout) == _documented(documented)
+
+
+async def test_the_command_shows_a_broken_clause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in _kit_environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    command = (
+        "check tests.broken_warehouses:LabelMintedAnew.from_settings --sku 1 --sku 2 "
+        "--clause repeated_calls_act_once --clause unreachable_system_fails_retryably"
+    )
+
+    # In a thread of its own: the command runs its own event loop.
+    assert await asyncio.to_thread(main, command.split()) == 1
+    output = capsys.readouterr().out
+    assert _clause_lines(output) == [
+        ("BROKEN", "repeated_calls_act_once"),
+        ("not run", "unreachable_system_fails_retryably"),
+    ]
+    assert "expected: the second create_label answers what the first did" in output
+    assert re.search(r"create_label\(kit-\w+-\d+\) -> label LBL-\w+ \(tracking SIM\d+\)", output)
+    assert "--unreachable-env KEY=VALUE" in output
+    assert output.splitlines()[-1] == (
+        "BROKEN: 1 of 2 clauses (repeated_calls_act_once); 1 not run, so not checked "
+        "(unreachable_system_fails_retryably)"
+    )
+    assert _clause_lines(output) == _documented(command)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("--sku 1", "the kit needs at least two SKUs the warehouse stocks, got ['1']"),
+        ("--sku 1 --sku 2 --clause nope", "argument --clause: invalid choice: 'nope'"),
+        ("--sku 1 --sku 2 --unreachable-env NOPE=1", "--unreachable-env 'NOPE=1': expected"),
+        ("nowhere:Nothing --sku 1 --sku 2", "building the warehouse raised ModuleNotFoundError"),
+        ("--sku 1 --sku 404", "SKU 404 has 0 units available; the kit needs at least 25"),
+        (
+            "--sku 1 --sku 2 --clause unreachable_system_fails_retryably",
+            "nothing was checked: every clause asked was not run",
+        ),
+    ],
+)
+async def test_the_command_refuses_what_it_cannot_check(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: str,
+    message: str,
+) -> None:
+    # The simulated warehouse, without DEFAULT_STOCK: SKU 1 and 2 restocked, 404 has none.
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DEFAULT_STOCK", raising=False)
+    warehouse = SimulatedWarehouse.from_settings(Settings())
+    await warehouse.restock("1", 50)
+    await warehouse.restock("2", 50)
+    try:
+        status: int | str | None = await asyncio.to_thread(main, ["check", *arguments.split()])
+    except SystemExit as exit:
+        status = exit.code
+    assert status == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+def test_the_commands_help_names_every_clause(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["check", "--help"])
+    assert exit.value.code == 0
+    output = capsys.readouterr().out
+    assert all(f"  {name}: " in output for name in CLAUSES), output
