@@ -23,6 +23,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -130,11 +131,12 @@ poll: `{{orderId}}:track:{{timestamp}}`.
 
 A refusal is a 4xx with `{{"error": {{"code": "...", "message": "..."}}}}`: `OutOfStock` (with
 `sku`, `requested`, `available`), `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`, or a code of
-your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`): the order is then canceled by the seller, the
-code and message in its `statusReason`. The connector retries 408, 425, 429, every 5xx, no answer
-within `WAREHOUSE_HTTP_TIMEOUT_SECONDS`, and 202 Accepted (a step under way that takes long: it
-asks again, backing off up to 30 s). Any other answer (a body it cannot read, a redirect, a 4xx
-in another shape) ends the step as a fault.
+your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`). It ends the step: a reservation refused
+refuses the placement; a later step refused cancels the order as the seller (compensated, the
+marketplace told), the code and message in its `statusReason`. The connector retries 408, 425,
+429, every 5xx, no answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS`, and 202 Accepted (a step under
+way that takes long: it asks again, backing off up to 30 s). Any other answer (a body it cannot
+read, a redirect, a 4xx in another shape) ends the step as a fault.
 
 ## Cancellation
 
@@ -182,7 +184,7 @@ async def check_signature(
         raise Refused(
             401, "BadSignature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are both required"
         )
-    if not timestamp.isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", timestamp):
         raise Refused(401, "BadSignature", f"{TIMESTAMP_HEADER} must be unix seconds")
     state: ReferenceState = request.app.state.reference
     skew = abs(state.clock() - int(timestamp))
@@ -197,7 +199,9 @@ async def check_signature(
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").removeprefix(request.scope.get("root_path", ""))
     expected = signature(state.secret, timestamp, request.method, path, await request.body())
-    if not any(hmac.compare_digest(expected, given.strip()) for given in signed.split(",")):
+    # As bytes: compare_digest refuses str with other than ASCII, which a header may hold.
+    given = [part.strip().encode("latin-1") for part in signed.split(",")]
+    if not any(hmac.compare_digest(expected.encode(), part) for part in given):
         raise Refused(
             401,
             "BadSignature",
@@ -544,11 +548,14 @@ class StockReporter:
     """Tells the connector the available units of each SKU whose stock moved in these books, as
     absolute levels (`POST /catalog/changes`), as a seller's ERP reports to it.
 
-    Read from the ledger: every movement since the last one reported, one change per SKU with
-    its available units in the same snapshot, named after the SKU's last movement
-    (`{prefix}-{ledger id}`). A name always comes with the same level, so a batch sent twice (a
-    lost answer, a restart, which reports from the start again) is applied once: the connector
-    skips the change ids it applied before.
+    Read from the ledger: each SKU's last movement of its available units, and those units, in
+    one snapshot; a SKU whose last movement is not the one reported last is reported, the change
+    named after that movement (`{prefix}-{ledger id}`). A name always comes with the same level,
+    so a change sent twice (a lost answer, a restart, which reports every SKU again) is applied
+    once: the connector skips the change ids it applied before. Per SKU rather than from a
+    cursor over the ledger: on PostgreSQL, ids are handed out before their transactions commit,
+    and a cursor would pass over one that commits late (a SKU's own movements are in order: each
+    holds the SKU's stock row until it commits).
     """
 
     def __init__(
@@ -569,7 +576,8 @@ class StockReporter:
         self.every_seconds = every_seconds
         self._headers = {"Authorization": f"Bearer {ops_token}"} if ops_token else {}
         self._timeout = timeout_seconds
-        self._reported_up_to = 0
+        # SKU -> the ledger id of the last movement reported (or refused for good).
+        self._reported: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._last_problem = ""
 
@@ -607,45 +615,44 @@ class StockReporter:
         Raises:
             ReportFailed: the connector did not take them (sent again by the next report).
         """
-        changes, up_to = await asyncio.to_thread(self._pending)
-        for start in range(0, len(changes), MAX_BATCH):
-            await self._send(http, changes[start : start + MAX_BATCH])
-        self._reported_up_to = up_to
-        return len(changes)
+        moved = [
+            (sku, last_id, available)
+            for sku, last_id, available in await asyncio.to_thread(self._levels)
+            if self._reported.get(sku) != last_id
+        ]
+        for start in range(0, len(moved), MAX_BATCH):
+            batch = moved[start : start + MAX_BATCH]
+            await self._send(
+                http,
+                [
+                    {"changeId": f"{self.change_id_prefix}-{last_id}", "sku": sku, "stock": level}
+                    for sku, last_id, level in batch
+                ],
+            )
+            self._reported.update((sku, last_id) for sku, last_id, _ in batch)
+        return len(moved)
 
-    def _pending(self) -> tuple[list[dict[str, Any]], int]:
-        """The changes since the last report, and the ledger id they go up to, in one snapshot."""
+    def _levels(self) -> list[tuple[str, int, int]]:
+        """(SKU, the ledger id of its last movement of available units, its available units),
+        in the order they last moved, read in one snapshot."""
         ledger, stock = store.ledger, store.stock
         engine = store.engine_for(self.store_url)
         options: dict[str, Any] = {store.READ_ONLY: True}
         if engine.dialect.name == "postgresql":
             options["isolation_level"] = "REPEATABLE READ"
+        last_moves = (
+            select(ledger.c.sku, func.max(ledger.c.id).label("last_id"))
+            .where(ledger.c.movement.in_(AVAILABLE_MOVES))
+            .group_by(ledger.c.sku)
+            .subquery()
+        )
         with engine.connect().execution_options(**options) as connection:
-            up_to = connection.execute(select(func.max(ledger.c.id))).scalar() or 0
-            last_moves = (
-                select(ledger.c.sku, func.max(ledger.c.id).label("last_id"))
-                .where(
-                    ledger.c.id > self._reported_up_to,
-                    ledger.c.id <= up_to,
-                    ledger.c.movement.in_(AVAILABLE_MOVES),
-                )
-                .group_by(ledger.c.sku)
-                .subquery()
-            )
             rows = connection.execute(
                 select(last_moves.c.sku, last_moves.c.last_id, stock.c.available)
                 .join(stock, stock.c.sku == last_moves.c.sku)
                 .order_by(last_moves.c.last_id)
             ).all()
-        changes = [
-            {
-                "changeId": f"{self.change_id_prefix}-{row.last_id}",
-                "sku": row.sku,
-                "stock": row.available,
-            }
-            for row in rows
-        ]
-        return changes, up_to
+        return [(row.sku, row.last_id, row.available) for row in rows]
 
     async def _send(self, http: httpx.AsyncClient, changes: list[dict[str, Any]]) -> None:
         """POST one batch. A batch the connector refuses (409, 422: one change it cannot take

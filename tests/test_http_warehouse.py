@@ -43,6 +43,7 @@ from activities.warehouse import (
     OutOfStock,
     Reservation,
     UnknownOrder,
+    Warehouse,
     WarehouseError,
     WarehouseOrder,
     WarehouseUnavailable,
@@ -110,6 +111,8 @@ async def adapter(
     url: str, secret: str = SECRET, call_seconds: float = 5.0
 ) -> AsyncIterator[HttpWarehouse]:
     warehouse = HttpWarehouse(url, secret, timeout_seconds=call_seconds)
+    keeps_the_protocol: Warehouse = warehouse  # mypy checks it, method by method
+    assert keeps_the_protocol is warehouse
     try:
         yield warehouse
     finally:
@@ -203,7 +206,7 @@ async def test_the_server_refuses_what_is_not_signed_right_and_the_adapter_retri
         }
 
     async with httpx.AsyncClient(base_url=url) as http:
-        cases = {
+        cases: dict[str, tuple[Any, bytes, int, str]] = {
             "unsigned": ({"Content-Type": "application/json"}, body, 401, "BadSignature"),
             "another secret": (signed("another-secret-0123456789"), body, 401, "BadSignature"),
             "altered body": (
@@ -218,6 +221,19 @@ async def test_the_server_refuses_what_is_not_signed_right_and_the_adapter_retri
                 body,
                 400,
                 "IdempotencyKeyMismatch",
+            ),
+            "a timestamp not in unix seconds": (
+                {**signed(), TIMESTAMP_HEADER: "1.7e9"},
+                body,
+                401,
+                "BadSignature",
+            ),
+            "a signature not in ASCII": (
+                {k.encode(): v.encode() for k, v in signed().items()}
+                | {SIGNATURE_HEADER.encode(): b"v1=\xe9t\xe9"},
+                body,
+                401,
+                "BadSignature",
             ),
             "another order in the body": (
                 signed(sent=(other := an_order("SLR-B2-01", ("1", 1)).model_dump_json().encode())),
