@@ -550,12 +550,12 @@ class StockReporter:
 
     Read from the ledger: each SKU's last movement of its available units, and those units, in
     one snapshot; a SKU whose last movement is not the one reported last is reported, the change
-    named after that movement (`{prefix}-{ledger id}`). A name always comes with the same level,
-    so a change sent twice (a lost answer, a restart, which reports every SKU again) is applied
-    once: the connector skips the change ids it applied before. Per SKU rather than from a
-    cursor over the ledger: on PostgreSQL, ids are handed out before their transactions commit,
-    and a cursor would pass over one that commits late (a SKU's own movements are in order: each
-    holds the SKU's stock row until it commits).
+    named after these books and that movement (`{prefix}-{books}-{ledger id}`). A name always
+    comes with the same level, so a change sent twice (a lost answer, a restart, which reports
+    every SKU again) is applied once: the connector skips the change ids it applied before. Per
+    SKU rather than from a cursor over the ledger: on PostgreSQL, ids are handed out before
+    their transactions commit, and a cursor would pass over one that commits late (a SKU's own
+    movements are in order: each holds the SKU's stock row until it commits).
     """
 
     def __init__(
@@ -615,26 +615,31 @@ class StockReporter:
         Raises:
             ReportFailed: the connector did not take them (sent again by the next report).
         """
+        books, levels = await asyncio.to_thread(self._levels)
         moved = [
             (sku, last_id, available)
-            for sku, last_id, available in await asyncio.to_thread(self._levels)
+            for sku, last_id, available in levels
             if self._reported.get(sku) != last_id
         ]
+        prefix = f"{self.change_id_prefix}-{books}"
         for start in range(0, len(moved), MAX_BATCH):
             batch = moved[start : start + MAX_BATCH]
             await self._send(
                 http,
                 [
-                    {"changeId": f"{self.change_id_prefix}-{last_id}", "sku": sku, "stock": level}
+                    {"changeId": f"{prefix}-{last_id}", "sku": sku, "stock": level}
                     for sku, last_id, level in batch
                 ],
             )
             self._reported.update((sku, last_id) for sku, last_id, _ in batch)
         return len(moved)
 
-    def _levels(self) -> list[tuple[str, int, int]]:
-        """(SKU, the ledger id of its last movement of available units, its available units),
-        in the order they last moved, read in one snapshot."""
+    def _levels(self) -> tuple[str, list[tuple[str, int, int]]]:
+        """Which books these are (the digits of their first movement's time: books made again
+        count their ledger ids from 1 again, and their changes must not take the names of the
+        old ones, which the connector would skip or refuse), and (SKU, the ledger id of its last
+        movement of available units, its available units) in the order they last moved, read in
+        one snapshot."""
         ledger, stock = store.ledger, store.stock
         engine = store.engine_for(self.store_url)
         options: dict[str, Any] = {store.READ_ONLY: True}
@@ -647,12 +652,16 @@ class StockReporter:
             .subquery()
         )
         with engine.connect().execution_options(**options) as connection:
+            first_at = connection.execute(
+                select(ledger.c.at).order_by(ledger.c.id).limit(1)
+            ).scalar()
             rows = connection.execute(
                 select(last_moves.c.sku, last_moves.c.last_id, stock.c.available)
                 .join(stock, stock.c.sku == last_moves.c.sku)
                 .order_by(last_moves.c.last_id)
             ).all()
-        return [(row.sku, row.last_id, row.available) for row in rows]
+        books = re.sub(r"\D", "", first_at or "")[:20]
+        return books, [(row.sku, row.last_id, row.available) for row in rows]
 
     async def _send(self, http: httpx.AsyncClient, changes: list[dict[str, Any]]) -> None:
         """POST one batch. A batch the connector refuses (409, 422: one change it cannot take

@@ -467,8 +467,12 @@ async def test_stock_moves_are_reported_to_the_connector_as_available_levels(
 
         # Started again (a restart reports from the start): the same change ids, the same levels.
         before = len(connector.received)
+        # Books made again count their ledger from 1 again: their changes are named apart.
+        made_again = SimulatedWarehouse(tmp_path / "again.db", default_stock=10, step_seconds=0)
+        await made_again.reserve(an_order("SLR-E1-01", ("1", 3)))
         async with httpx.AsyncClient() as http:
             await StockReporter(books.url, endpoint, every_seconds=30).report(http)
+            await StockReporter(made_again.url, endpoint, every_seconds=30).report(http)
 
     assert token == "Bearer ops-secret"
     assert {k: reserved[k] for k in ("sku", "stock")} == {"sku": "1", "stock": 7}
@@ -482,6 +486,10 @@ async def test_stock_moves_are_reported_to_the_connector_as_available_levels(
         (back["changeId"], "1", 10),
         *((c["changeId"], c["sku"], c["stock"]) for c in batch),
     }
+    assert re.fullmatch(r"reference-warehouse-\d{20}-2", reserved["changeId"])
+    (_, [from_new_books]) = connector.received[-1]
+    assert from_new_books["changeId"].endswith("-2")
+    assert from_new_books["changeId"] != reserved["changeId"]
 
 
 # ── The description, the settings, the command ─────────────────────────────────────────────
