@@ -14,7 +14,8 @@ signature, the idempotency key and the error shape.
   `body` the exact bytes sent (empty for a call without one). The server refuses a signature
   that does not match, or a timestamp more than five minutes from its clock (401).
 - Every call carries `Idempotency-Key: {orderId}:{step}`: the same on every retry of one step,
-  so that the seller's system can tell a retry from a new request.
+  so that the seller's system can tell a retry from a new request (the tracking, a read whose
+  answer changes, one key per poll).
 - A refusal is a 4xx in the shape `{"error": {"code": "OutOfStock", "message": "...", ...}}`;
   its code becomes the contract's exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`,
   `UnknownOrder`) or a `WarehouseError` of that name.
