@@ -29,6 +29,12 @@ DEFAULT_MARKETPLACE_HOSTS = (
     "*.vtexinternal.com.br,*.vtex.com.br,*.vtex.com"
 )
 
+# The warehouses this project ships, by the short names the WAREHOUSE setting takes.
+WAREHOUSE_FACTORIES = {
+    "simulated": "activities.simulated_warehouse:SimulatedWarehouse.from_settings",
+    "http": "activities.http_warehouse:HttpWarehouse.from_settings",
+}
+
 # Where `make run` keeps the payload encryption key it made on its first start.
 PAYLOAD_KEY_FILE = "payload-encryption.key"
 
@@ -195,8 +201,18 @@ class Settings(BaseSettings):
     require_payload_encryption: bool = False
 
     # Warehouse
-    # "module:callable" returning a Warehouse; see activities/warehouse.py.
-    warehouse: str = "activities.simulated_warehouse:SimulatedWarehouse.from_settings"
+    # "module:callable" returning a Warehouse, or a short name of WAREHOUSE_FACTORIES: `simulated`
+    # (the default) or `http` (the seller's own system behind the warehouse HTTP API); see
+    # activities/warehouse.py. Read as the factory it names: the API's catalog check and the
+    # worker's log see the same name whichever way it was written.
+    warehouse: str = WAREHOUSE_FACTORIES["simulated"]
+    # WAREHOUSE=http (activities/http_warehouse.py): the API's base URL, e.g.
+    # https://erp.example.com/vtex (calls go to {url}/orders/...), the secret both sides sign
+    # requests with (a secret: e.g. the file warehouse_http_secret in SECRETS_DIR; 16 characters
+    # at least), and how long one call may take before it is retried.
+    warehouse_http_url: str = ""
+    warehouse_http_secret: str = Field(default="", repr=False)
+    warehouse_http_timeout_seconds: float = Field(default=30.0, gt=0)
     data_dir: Path = Path(".data")
     # The simulated warehouse's database, a SQLAlchemy URL: e.g.
     # postgresql+psycopg://user:password@host:5432/warehouse for workers on many hosts. Empty: a
@@ -227,6 +243,11 @@ class Settings(BaseSettings):
     tracking_poll_interval: str = "1h"
     # How long each simulated step (pick, pack, ship, invoice) takes.
     fulfillment_step_seconds: float = Field(default=2.0, ge=0)
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse_factory(cls, value: str) -> str:
+        return WAREHOUSE_FACTORIES.get(value.strip(), value)
 
     @field_validator("default_stock", mode="before")
     @classmethod

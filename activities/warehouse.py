@@ -2,8 +2,9 @@
 invoicing.
 
 A deployment plugs its own systems in by writing a class with these methods and naming a factory
-for it in the `WAREHOUSE` setting (`module:callable`, called with the `Settings`). The default is
-`activities.simulated_warehouse`, which needs no configuration.
+for it in the `WAREHOUSE` setting (`module:callable`, called with the `Settings`), or by serving
+the warehouse HTTP API (`WAREHOUSE=http`, activities/http_warehouse.py). The default,
+`simulated` (activities/simulated_warehouse.py), needs no configuration.
 
 The contract every implementation keeps:
 - Every method is idempotent per `order_id`: Temporal retries an activity after a crash or a
@@ -26,6 +27,7 @@ import importlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from config import WAREHOUSE_FACTORIES
 from workflows.messages import CamelModel, OrderLine
 
 if TYPE_CHECKING:
@@ -169,10 +171,16 @@ class Warehouse(Protocol):
 
 
 def load_warehouse(settings: Settings) -> Warehouse:
-    """Build the warehouse named by `settings.warehouse` (`module:callable`)."""
-    module_name, _, attribute_path = settings.warehouse.partition(":")
+    """Build the warehouse named by `settings.warehouse`: a short name of
+    `config.WAREHOUSE_FACTORIES` (`simulated`, `http`), or `module:callable`."""
+    factory_name = WAREHOUSE_FACTORIES.get(settings.warehouse.strip(), settings.warehouse)
+    module_name, _, attribute_path = factory_name.partition(":")
     if not attribute_path:
-        raise ValueError(f"WAREHOUSE={settings.warehouse!r} is not of the form module:callable")
+        raise ValueError(
+            f"WAREHOUSE={settings.warehouse!r} is neither "
+            + " nor ".join(repr(name) for name in WAREHOUSE_FACTORIES)
+            + " nor of the form module:callable"
+        )
     factory: object = importlib.import_module(module_name)
     for attribute in attribute_path.split("."):
         factory = getattr(factory, attribute)

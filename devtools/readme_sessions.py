@@ -26,9 +26,10 @@ Each session gets a `make run` of its own (`python -m devtools.run_local`, real 
 Temporal dev server, a worker, the API, the fake marketplace) on free ports, with a fresh DATA_DIR
 in a temporary folder, so sessions never see each other's orders. Commands run one by one in bash,
 from the repository's root, with that stack's environment: API_PORT, OPS_PORT, TEMPORAL_PORT,
-TEMPORAL_UI_PORT, FAKE_MARKETPLACE_PORT, WORKER_METRICS_PORT and DATA_DIR set, so the file writes
-`localhost:${API_PORT:-8000}` and a reader's copy works with the defaults. A command's `/tmp/` is
-the session's own scratch folder (two runs at once write no file of the other's).
+TEMPORAL_UI_PORT, FAKE_MARKETPLACE_PORT, WORKER_METRICS_PORT, REFERENCE_WAREHOUSE_PORT and
+DATA_DIR set, so the file writes `localhost:${API_PORT:-8000}` and a reader's copy works with the
+defaults. A command's `/tmp/` is the session's own scratch folder (two runs at once write no file
+of the other's).
 
 What a run prints is shown as a reader's `make run` would print it: the session's ports as their
 defaults, its DATA_DIR as `<repository>/.data`, its scratch folder as `/tmp`. Then both texts are
@@ -76,6 +77,8 @@ DEFAULT_PORTS = {
     "TEMPORAL_UI_PORT": 8233,
     "FAKE_MARKETPLACE_PORT": 8900,
     "WORKER_METRICS_PORT": 9464,
+    # The reference warehouse, which make run starts with WAREHOUSE=http.
+    "REFERENCE_WAREHOUSE_PORT": 8950,
 }
 # What devtools/run_local.py prints once everything listens, and the worker once it polls.
 BANNER_FIRST = "Seller API"

