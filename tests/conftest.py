@@ -126,7 +126,8 @@ class OneWorkerFilesScheduling(LoadScopeScheduling):
         return path if path in ONE_WORKER_FILES else nodeid
 
 
-@pytest.hookimpl(tryfirst=True)
+# Optional: `-p no:xdist` leaves the hook unknown.
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
     return OneWorkerFilesScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 

@@ -37,6 +37,7 @@ from activities.http_warehouse import (
     signature,
 )
 from activities.simulated_warehouse import Refusals, SimulatedWarehouse
+from activities.warehouse_kit.pytest_plugin import KitTarget, warehouse_kit_tests
 from activities.warehouse import (
     AlreadyInvoiced,
     OrderReleased,
@@ -56,6 +57,8 @@ from devtools.reference_warehouse import OPENAPI_FILE, StockReporter, create_app
 from devtools.serving import serve_asgi
 from tests.stack import Stack, activity_events, new_order_id, placement_example, running_stack
 from workflows.messages import OrderLine
+
+pytest_plugins = ["activities.warehouse_kit.pytest_plugin"]
 
 SECRET = "test-secret-0123456789abcdef"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugging-in-your-warehouse.md"
@@ -675,3 +678,30 @@ async def test_an_order_through_the_real_stack_behaves_as_with_the_simulated_war
         "pick failed: DamagedItem: order SLR-<order>: SKU DAMAGED found damaged at pick"
     )
     assert seen_over_http["stock"] == (999, 0, 1)
+
+
+# ── The conformance kit, through the adapter ────────────────────────────────────────────────
+
+
+@pytest.fixture
+async def warehouse_kit_target(tmp_path: Path) -> AsyncIterator[KitTarget]:
+    """The adapter over the reference server (its books on a fresh SQLite file), and over a port
+    nothing listens on for the unreachable system."""
+    books = SimulatedWarehouse(
+        tmp_path / "reference.db", default_stock=1000, step_seconds=0, delivery_seconds=0.3
+    )
+    (down,) = free_ports(1)
+    async with serving(create_app(books, SECRET)) as url:
+        yield KitTarget(
+            lambda: HttpWarehouse(url, SECRET, timeout_seconds=5.0),
+            ["KIT-A", "KIT-B"],
+            unreachable=lambda: HttpWarehouse(
+                f"http://127.0.0.1:{down}", SECRET, timeout_seconds=2.0
+            ),
+        )
+    await books.close()
+
+
+# Every clause of activities/warehouse_kit, one test each, on the HTTP adapter and the
+# reference server together: what a seller's system behind the API must also keep.
+test_the_http_adapter_over_the_reference_server_keeps_the_clause = warehouse_kit_tests()
