@@ -67,7 +67,7 @@ def ops_line(settings: Settings, access: OpsAccess) -> str:
     where = f"http://{settings.ops_host}:{settings.ops_port}"
     surfaces = (
         "/metrics, /docs, /openapi.json, /codec/{decode,encode}, "
-        "/orders/{orderId}/{resend-invoice,retry-now,stop-tracking}, /healthz"
+        "/orders/{orderId}/{resend-invoice,retry-now,stop-tracking}, /catalog/changes, /healthz"
     )
     line = f"ops listener on {where} ({surfaces}): {access.summary()}"
     if not settings.ops_token and access.jwt_verifier is None:
