@@ -37,7 +37,6 @@ from activities.http_warehouse import (
     signature,
 )
 from activities.simulated_warehouse import Refusals, SimulatedWarehouse
-from activities.warehouse_kit.pytest_plugin import KitTarget, warehouse_kit_tests
 from activities.warehouse import (
     AlreadyInvoiced,
     OrderReleased,
@@ -50,6 +49,7 @@ from activities.warehouse import (
     WarehouseUnavailable,
     load_warehouse,
 )
+from activities.warehouse_kit.pytest_plugin import KitTarget, warehouse_kit_tests
 from config import Settings
 from devtools import reference_warehouse
 from devtools.processes import free_ports
