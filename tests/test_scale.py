@@ -29,7 +29,7 @@ from tests.test_crashes import (
 )
 from workflows import ids
 
-ORDERS = 60
+ORDERS = 30
 
 
 async def activity_workers(client: Client, order_id: str) -> set[str]:
@@ -72,7 +72,7 @@ async def test_three_workers_share_the_orders_and_survive_one_killed(
                 assert (await place(http, stack, order_id)).status_code == 200
                 assert (await dispatch(http, order_id)).status_code == 200
 
-        first, rest = order_ids[:30], order_ids[30:]
+        first, rest = order_ids[: ORDERS // 2], order_ids[ORDERS // 2 :]
         await asyncio.gather(*(place_and_dispatch(order_id) for order_id in first))
         # Mid-flight: kill the worker running one of the orders' steps.
         identity = await a_worker_running_a_step(client, first)
