@@ -136,10 +136,11 @@ async def test_a_cancellation_during_a_failing_reservation_is_confirmed_and_hold
     assert order["pendingCalls"] == []  # the reservation is not retried any more
     assert order["attention"] is None
     assert (await stack.warehouse.stock_level(sku)).reserved == 0
-    assert (await activity_events(stack.handle(order_id)))[-2:] == [
-        ("reserve_stock", "canceled"),
-        ("release_stock", "completed"),
-    ]
+    # The reservation ended (its cancellation is a request: an attempt failing as it arrived ends
+    # the activity failed, on a busy machine), and only then was the stock released.
+    reservation, release = (await activity_events(stack.handle(order_id)))[-2:]
+    assert reservation in [("reserve_stock", "canceled"), ("reserve_stock", "failed")]
+    assert release == ("release_stock", "completed")
     # The placement retried is refused: the order was canceled before it had its stock.
     refused = await place(stack, order_id, sku)
     assert refused.status_code == 409, refused.text
