@@ -112,6 +112,7 @@ ONE_WORKER_FILES = (
     "tests/test_real_world_placements.py",
     "tests/test_simulation.py",
     "tests/test_lock_ttl.py",
+    "tests/test_catalog_changes.py",
 )
 
 
@@ -124,6 +125,28 @@ class OneWorkerFilesScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         path = nodeid.split("::")[0]
         return path if path in ONE_WORKER_FILES else nodeid
+
+    def remove_node(self, node: Any) -> str | None:
+        """A worker gone: what it had not run goes back in the queue, but for the test it was
+        running, reported as its crash and not run again (the base class would hand it to the next
+        worker, which it would crash too, until xdist gave up with tests never run)."""
+        workload = self.assigned_work.pop(node)
+        pending = [
+            (scope, nodeid)
+            for scope, unit in workload.items()
+            for nodeid, done in unit.items()
+            if not done
+        ]
+        if not pending:
+            return None
+        crash_scope, crashed = pending[0]
+        workload[crash_scope][crashed] = True
+        self.workqueue.update(
+            (scope, unit) for scope, unit in workload.items() if not all(unit.values())
+        )
+        for other in self.assigned_work:
+            self._reschedule(other)
+        return crashed
 
 
 # Optional: `-p no:xdist` leaves the hook unknown.
