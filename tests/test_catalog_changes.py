@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -497,3 +498,45 @@ def test_the_command_names_each_mistake_without_a_traceback(
     assert "changes[0].stock: Input should be a valid integer" in cases["stock as text"][1]
     assert not any("Traceback" in text for _, text in cases.values())
     assert help_status == 0 and "--list-price" in help_text and "--file" in help_text
+
+
+async def test_reports_waiting_for_the_write_lock_leave_the_simulation_its_threads(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # Reports wait for the warehouse's write lock while another process (a catalog load) holds
+    # it. Run in the event loop's default pool, they held all its threads, and the VTEX-facing
+    # simulation, which reads the catalog there within 2 s, was answered 503.
+    async with running_stack(
+        temporal_env, tmp_path, ops_token=OPS_TOKEN, default_stock=None
+    ) as stack:
+        Catalog.from_settings(stack.settings).load(
+            [CatalogEntry(sku="S1", name="S1", price=1000, stock=10)]
+        )
+        cart = {
+            "items": [{"id": "S1", "quantity": 1, "seller": "1"}],
+            "postalCode": "22250-040",
+            "country": "BRA",
+        }
+        writer = sqlite3.connect(stack.settings.data_dir / "warehouse.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            threads = min(32, (os.cpu_count() or 1) + 4)  # the default pool's size
+            reports = [
+                asyncio.create_task(
+                    stack.ops.post(
+                        "/catalog/changes",
+                        json={"changes": [{"changeId": f"erp-{n}", "sku": "S1", "stock": 5}]},
+                        headers=AUTHORIZED,
+                    )
+                )
+                for n in range(threads + 2)
+            ]
+            await asyncio.sleep(0.5)
+            simulation = await stack.http.post("/pvt/orderForms/simulation", json=cart)
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        answers = await asyncio.gather(*reports)
+
+    assert simulation.status_code == 200, simulation.text
+    assert [answer.status_code for answer in answers] == [200] * len(answers)

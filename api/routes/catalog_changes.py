@@ -7,6 +7,7 @@ of the listener. The work is `Catalog.apply_changes` (activities/catalog.py), wh
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
@@ -32,6 +33,13 @@ router = APIRouter(
 )
 
 
+# Reports are written one at a time, in a thread of their own: waiting for the warehouse's write
+# lock (a catalog load in another process; up to SQLite's busy timeout), they must not hold the
+# default pool's threads, in which the VTEX-facing port's simulations read the catalog within 2 s.
+# The transaction takes its SKUs' locks anyway: two reports at once would mostly wait on each other.
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-changes")
+
+
 @router.post("/changes", response_model=CatalogChangesAnswer)
 async def report_changes(request: Request, catalog: CatalogDep) -> CatalogChangesAnswer:
     """Apply price and stock changes in their order, all or none; a change id applied before is
@@ -52,7 +60,8 @@ async def report_changes(request: Request, catalog: CatalogDep) -> CatalogChange
         raise ApiError(422, invalid.code, invalid.message, invalid.details) from err
     try:
         # A blocking transaction: off the event loop, which also serves the VTEX-facing port.
-        applied = await asyncio.to_thread(catalog.apply_changes, batch.changes)
+        loop = asyncio.get_running_loop()
+        applied = await loop.run_in_executor(_WRITER, catalog.apply_changes, batch.changes)
     except UnknownSku as err:
         raise ApiError(422, err.code, str(err)) from err
     except ChangeIdReused as err:
