@@ -70,13 +70,14 @@ def ops_line(settings: Settings, access: OpsAccess) -> str:
         "/orders/{orderId}/{resend-invoice,retry-now,stop-tracking}, /catalog/changes, /healthz"
     )
     line = f"ops listener on {where} ({surfaces}): {access.summary()}"
-    if not settings.ops_token and access.jwt_verifier is None:
+    if not settings.ops_token:
         reach = (
             "this machine only"
             if is_loopback(settings.ops_host)
             else "anything that reaches that address"
         )
-        line += f"; only where it listens protects it ({reach}): set OPS_TOKEN, CODEC_JWKS_URL"
+        wanted = "OPS_TOKEN" if access.jwt_verifier is not None else "OPS_TOKEN, CODEC_JWKS_URL"
+        line += f"; only where it listens protects it ({reach}): set {wanted}"
     return line
 
 
@@ -147,8 +148,9 @@ def main() -> None:
     api = create_app(settings, freeze_gc=True)
     ops = create_ops_app(api)
     access: OpsAccess = ops.state.ops_access
-    open_ops = not settings.ops_token and access.jwt_verifier is None
-    (log.warning if open_ops else log.info)("%s", ops_line(settings, access))
+    # Without OPS_TOKEN the metrics, the operators' actions and the price and stock changes are
+    # anyone's who reaches the listener, whether or not a JWT guards the codec.
+    (log.warning if not settings.ops_token else log.info)("%s", ops_line(settings, access))
     line = catalog_line(settings)
     # Loud when it will refuse every SKU.
     (log.warning if line.startswith("catalog: EMPTY") else log.info)("%s", line)

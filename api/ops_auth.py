@@ -182,7 +182,13 @@ class OpsAccess:
                 "NO authentication: whoever reaches it reads the metrics, decodes payloads and "
                 "changes prices and stock"
             )
-        ops = "OPS_TOKEN required (but /healthz)" if self.ops_token else "metrics and docs open"
+        ops = (
+            "OPS_TOKEN required (but /healthz)"
+            if self.ops_token
+            # A JWT opens the codec only (rule 3): without OPS_TOKEN the rest stays open.
+            else "NO OPS_TOKEN: whoever reaches it reads the metrics, acts on orders and changes "
+            "prices and stock"
+        )
         if self.codec_open:
             return f"{ops}; codec: OPEN (CODEC_OPEN): whoever reaches it decodes payloads"
         codec = ["OPS_TOKEN"] if self.ops_token else []

@@ -33,7 +33,10 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 
+from api.__main__ import ops_line
+from api.ops_auth import JwtVerifier, OpsAccess
 from codec import new_key_entry
+from config import Settings
 from devtools.processes import HOST, Process, ProcessStack, clean_environment, free_ports, listening
 from tests.stack import new_order_id
 from tests.test_codec import PERSONAL, personal_placement
@@ -697,3 +700,13 @@ async def test_a_jwt_whose_algorithm_does_not_fit_its_key_is_a_401_not_a_500(
     answer = await ports.ops.post("/codec/decode", json=plain_payloads("x"), headers=bearer(token))
 
     assert_error(answer, 401, "Unauthorized")
+
+
+def test_with_a_jwt_for_the_codec_but_no_ops_token_the_start_warns_that_the_rest_is_open() -> None:
+    # A JWT opens only the codec (rule 3): the operators' actions and the price and stock changes
+    # stay open. The start line said "metrics and docs open", at info.
+    access = OpsAccess("", JwtVerifier("https://idp.example/jwks.json", AUDIENCE))
+    access.check_ops_token(None)  # nothing asked: open
+    line = ops_line(Settings(ops_token="", ops_host="127.0.0.1"), access)
+    assert "NO OPS_TOKEN" in line and "acts on orders and changes prices and stock" in line, line
+    assert "set OPS_TOKEN" in line, line
