@@ -288,7 +288,10 @@ def read_catalog_file(path: Path) -> list[CatalogEntry]:
     """
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
-        rows: Any = json.loads(text)
+        try:
+            rows: Any = json.loads(text)
+        except RecursionError:
+            raise ValueError(f"{path}: its JSON is nested too deeply to be a catalog") from None
         strict = True  # JSON has types: `"price": true` or `"stock": "5"` is a mistake
     elif path.suffix.lower() == ".csv":
         rows = []
@@ -836,6 +839,8 @@ def _changes_asked(change: argparse.ArgumentParser, args: argparse.Namespace) ->
             change.error("--file is the whole batch: no SKU, --change-id or values beside it")
         try:
             payload = json.loads(args.file.read_text(encoding="utf-8-sig"))
+        except RecursionError:
+            raise ValueError(f"{args.file}: its JSON is nested too deeply to be a batch") from None
         except OSError as err:
             raise ValueError(f"{args.file}: {err.strerror or err}") from None
         except ValueError as err:  # not JSON, or not UTF-8

@@ -468,6 +468,8 @@ def test_the_command_names_each_mistake_without_a_traceback(
 ) -> None:
     not_json, stock_as_text = tmp_path / "a.json", tmp_path / "b.json"
     not_json.write_text('{"changes": [')
+    too_deep = tmp_path / "c.json"
+    too_deep.write_text("[" * 100_000 + "]" * 100_000)
     stock_as_text.write_text(json.dumps({"changes": [{"changeId": "c", "sku": "1", "stock": "5"}]}))
 
     def run(*args: str) -> tuple[int, str]:
@@ -487,6 +489,7 @@ def test_the_command_names_each_mistake_without_a_traceback(
         "no file": run("--file", str(tmp_path / "missing.json")),
         "not json": run("--file", str(not_json)),
         "stock as text": run("--file", str(stock_as_text)),
+        "too deep": run("--file", str(too_deep)),
     }
     help_status, help_text = run("--help")
 
@@ -496,6 +499,7 @@ def test_the_command_names_each_mistake_without_a_traceback(
     assert "--price: Input should be greater than or equal to 0" in cases["negative"][1]
     assert "No such file" in cases["no file"][1] and "is not JSON" in cases["not json"][1]
     assert "changes[0].stock: Input should be a valid integer" in cases["stock as text"][1]
+    assert "nested too deeply" in cases["too deep"][1]
     assert not any("Traceback" in text for _, text in cases.values())
     assert help_status == 0 and "--list-price" in help_text and "--file" in help_text
 
