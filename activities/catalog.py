@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from activities import warehouse_store as store
 from activities.warehouse_store import applied_changes, catalog, ledger, stock
@@ -356,15 +356,24 @@ class Catalog:
             "weight_grams": entry.weight_grams,
         }
         # Insert-or-nothing first: a load running beside this one that adds the same SKU waits
-        # here for it, instead of failing on the key.
-        added = connection.execute(
-            store.insert_ignore(connection.engine, catalog, ["sku"])
-            .values(sku=entry.sku, updated_at=at, **values)
-            .returning(catalog.c.sku)
-        ).first()
-        current = connection.execute(
-            select(catalog).where(catalog.c.sku == entry.sku).with_for_update()
-        ).one()
+        # here for it, instead of failing on the key. On PostgreSQL the row it met may be one a
+        # delisting beside it is deleting: gone by the time it is locked, the insert is tried
+        # again (the second finds the key free).
+        for _ in range(3):
+            added = connection.execute(
+                store.insert_ignore(connection.engine, catalog, ["sku"])
+                .values(sku=entry.sku, updated_at=at, **values)
+                .returning(catalog.c.sku)
+            ).first()
+            current = connection.execute(
+                select(catalog).where(catalog.c.sku == entry.sku).with_for_update()
+            ).first()
+            if current is not None:
+                break
+        else:
+            raise OperationalError(
+                "catalog upsert", {"sku": entry.sku}, RuntimeError("its row kept vanishing")
+            )
         if added is not None:
             report.added.append(entry.sku)
         elif any(getattr(current, key) != value for key, value in values.items()):
