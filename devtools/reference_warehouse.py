@@ -26,7 +26,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
@@ -116,8 +117,9 @@ order ids are `[A-Za-z0-9._:-]`, nothing is escaped) and `body` the exact bytes 
 when there is none). Refuse, with 401, a signature that does not match (compare in constant
 time) and a timestamp more than {SIGNATURE_TOLERANCE_SECONDS} seconds from your clock. The header
 may list several signatures, comma-separated: accept the call if one matches (a secret being
-rotated). The connector retries a 401 and a 403 (a secret or a clock to fix, not the order's
-fault), showing the error on each order meanwhile.
+rotated). Check it on the bytes received, before parsing them. The connector retries a 401 and a
+403 (a secret or a clock to fix, not the order's fault), showing the error on each order
+meanwhile.
 
 ## Idempotency
 
@@ -169,17 +171,11 @@ def _header(name: str, description: str) -> Any:
     return Header(alias=name, description=description)
 
 
-async def check_signature(
-    request: Request,
-    timestamp: Annotated[
-        str | None, _header(TIMESTAMP_HEADER, "When the call was signed, in unix seconds.")
-    ] = None,
-    signed: Annotated[
-        str | None,
-        _header(SIGNATURE_HEADER, "`v1=` and the hex HMAC-SHA256 (see *Signature*)."),
-    ] = None,
-) -> None:
-    """Refuse (401) a call whose signature does not match, or signed too long ago."""
+async def check_signature(request: Request) -> None:
+    """Refuse (401) a call whose signature does not match, or signed too long ago: on the bytes
+    received, before anything reads them."""
+    timestamp = request.headers.get(TIMESTAMP_HEADER)
+    signed = request.headers.get(SIGNATURE_HEADER)
     if not timestamp or not signed:
         raise Refused(
             401, "BadSignature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are both required"
@@ -208,6 +204,36 @@ async def check_signature(
             "the signature does not match this call: is WAREHOUSE_HTTP_SECRET the same on both "
             "sides, and the body signed as sent?",
         )
+
+
+class SignedRoute(APIRoute):
+    """A route that checks the call's signature before FastAPI reads its body: a dependency
+    would run after, and an unsigned body that is not JSON would be answered 422 with the
+    parser's words instead of 401. FastAPI's handler reads the body again from the request's
+    cache."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The route's handler, behind the signature's check."""
+        handler = super().get_route_handler()
+
+        async def signed_first(request: Request) -> Response:
+            await check_signature(request)
+            return await handler(request)
+
+        return signed_first
+
+
+def signature_headers(
+    timestamp: Annotated[
+        str | None, _header(TIMESTAMP_HEADER, "When the call was signed, in unix seconds.")
+    ] = None,
+    signed: Annotated[
+        str | None,
+        _header(SIGNATURE_HEADER, "`v1=` and the hex HMAC-SHA256 (see *Signature*)."),
+    ] = None,
+) -> None:
+    """The signature's headers, declared for the OpenAPI description: `SignedRoute` has checked
+    them by the time this runs."""
 
 
 OrderId = Annotated[
@@ -264,7 +290,12 @@ def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-router = APIRouter(prefix="/orders", tags=["orders"], dependencies=[Depends(check_signature)])
+router = APIRouter(
+    prefix="/orders",
+    tags=["orders"],
+    route_class=SignedRoute,
+    dependencies=[Depends(signature_headers)],
+)
 
 
 def _warehouse(request: Request) -> Warehouse:

@@ -211,6 +211,19 @@ async def test_the_server_refuses_what_is_not_signed_right_and_the_adapter_retri
     async with httpx.AsyncClient(base_url=url) as http:
         cases: dict[str, tuple[Any, bytes, int, str]] = {
             "unsigned": ({"Content-Type": "application/json"}, body, 401, "BadSignature"),
+            # The signature is checked on the bytes before anything parses them.
+            "unsigned, a body that is no JSON": (
+                {"Content-Type": "application/json"},
+                b'{"orderId": ',
+                401,
+                "BadSignature",
+            ),
+            "signed, a body that is no JSON": (
+                signed(sent=b'{"orderId": '),
+                b'{"orderId": ',
+                422,
+                "InvalidRequest",
+            ),
             "another secret": (signed("another-secret-0123456789"), body, 401, "BadSignature"),
             "altered body": (
                 signed(),
