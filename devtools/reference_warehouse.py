@@ -516,6 +516,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(reporter.run()) if reporter is not None else None
+        if task is not None:
+            # Said when it happens, not at shutdown: the server goes on serving without it.
+            task.add_done_callback(_log_if_crashed)
         try:
             yield
         finally:
@@ -551,6 +554,14 @@ def create_app(
         return Refused(err.status_code, code, str(err.detail)).response()
 
     return app
+
+
+def _log_if_crashed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (crash := task.exception()) is not None:
+        log.error(
+            "the stock reporter stopped: no stock is reported to the connector any more",
+            exc_info=crash,
+        )
 
 
 def openapi_document() -> dict[str, Any]:
@@ -617,28 +628,48 @@ class StockReporter:
         self._wake.set()
 
     async def run(self) -> None:
-        """Report until cancelled; a batch not taken is sent again, backing off to 30 s."""
-        backoff = 1.0
+        """Report until cancelled; a batch not taken, or books that cannot be read, is tried
+        again, backing off to 30 s. Nothing else ends it: a reporter gone, no stock would ever
+        be reported again while the server goes on serving."""
+        # No slower than it polls: a reporter told to report every 0.1 s retries as often.
+        first_backoff = min(1.0, self.every_seconds)
+        backoff = first_backoff
         async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as http:
             while True:
                 self._wake.clear()
                 try:
                     await self.report(http)
-                except ReportFailed as err:
-                    if str(err) != self._last_problem:
-                        log.warning("stock not reported to %s yet: %s", self.endpoint, err)
-                        self._last_problem = str(err)
+                except Exception as err:
+                    self._tell_problem(err)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
                 if self._last_problem:
                     log.info("stock reported to %s again", self.endpoint)
                     self._last_problem = ""
-                backoff = 1.0
+                backoff = first_backoff
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.every_seconds)
                 except TimeoutError:
                     pass
+
+    def _tell_problem(self, err: Exception) -> None:
+        """Log a problem once, until it changes or is over: the connector not taking a batch as a
+        warning; anything else (the books unreadable: a database restarting, locked, missing)
+        as an error, with its traceback."""
+        problem = f"{type(err).__name__}: {err}"
+        if problem == self._last_problem:
+            return
+        self._last_problem = problem
+        if isinstance(err, ReportFailed):
+            log.warning("stock not reported to %s yet: %s", self.endpoint, err)
+        else:
+            log.error(
+                "stock not reported to %s yet: %s; tried again",
+                self.endpoint,
+                problem,
+                exc_info=err,
+            )
 
     async def report(self, http: httpx.AsyncClient) -> int:
         """Send what moved since the last report; how many changes were sent.

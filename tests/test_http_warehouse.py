@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from temporalio.testing import WorkflowEnvironment
 
+from activities import warehouse_store as store
 from activities.fulfillment import TRANSIENT_ERRORS
 from activities.http_warehouse import (
     IDEMPOTENCY_HEADER,
@@ -506,6 +508,54 @@ async def test_stock_moves_are_reported_to_the_connector_as_available_levels(
     (_, [from_new_books]) = connector.received[-1]
     assert from_new_books["changeId"].endswith("-2")
     assert from_new_books["changeId"] != reserved["changeId"]
+
+
+class BrokenReporter(StockReporter):
+    """A reporter with a bug that ends it."""
+
+    async def run(self) -> None:
+        raise RuntimeError("a bug in the reporter")
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, words: str) -> logging.LogRecord:
+    deadline = time.monotonic() + 5
+    while not (found := [r for r in caplog.records if words in r.getMessage()]):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.02)
+    return found[0]
+
+
+async def test_the_stock_reporter_outlives_books_it_cannot_read_and_never_stops_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One error reading its books (a database restarting, locked, missing) is logged with its
+    traceback and tried again: ended by it, the reporter would never report stock again while
+    the server goes on serving. And if the reporter ends all the same, it is said at once."""
+    path = tmp_path / "books.db"
+    path.mkdir()  # a database SQLite cannot open, as one that is down
+    connector = ChangesEndpoint(unlisted=set())
+    async with serving(connector.app) as connector_url:
+        endpoint = f"{connector_url}/catalog/changes"
+        reporter = StockReporter(store.store_url(path), endpoint, every_seconds=0.1)
+        task = asyncio.create_task(reporter.run())
+        try:
+            failed = await wait_for_log(caplog, "stock not reported")
+            assert (failed.levelname, failed.exc_info is not None) == ("ERROR", True)
+            assert "OperationalError" in failed.getMessage()
+            path.rmdir()  # back
+            books = SimulatedWarehouse(path, default_stock=10, step_seconds=0)
+            await books.reserve(an_order("SLR-F1-01", ("1", 3)))
+            ((_, [reported]),) = await connector.wait_for(1)
+            assert (reported["sku"], reported["stock"]) == ("1", 7)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        async with serving(create_app(books, SECRET, BrokenReporter(books.url, endpoint))):
+            stopped = await wait_for_log(caplog, "the stock reporter stopped")
+    assert (stopped.levelname, stopped.exc_info is not None) == ("ERROR", True)
+    await books.close()
 
 
 # ── The description, the settings, the command ─────────────────────────────────────────────
