@@ -23,24 +23,30 @@ signature, the idempotency key and the error shape.
 How each answer reaches the order (activities/fulfillment.py decides what ends a step):
 - 2xx: the result. 202 Accepted says the step is under way and not done yet (a person picks):
   the step is asked again, with Temporal's backoff, until it answers otherwise.
-- No answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS, a connection refused or cut, 408, 425, 429,
-  5xx: `WarehouseUnavailable`, retried.
+- No whole answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS (from connecting to the answer's last
+  byte), a connection refused or cut, 408, 425, 429, 5xx: `WarehouseUnavailable`, retried.
 - 401 and 403: `WarehouseUnavailable` too, logged as an error. A secret or a clock that differs
   between the two sides is a configuration to fix, not the order's fault: were it a refusal,
   every order dispatched meanwhile would be canceled and its customer told. Retried, each order
   shows the error (`pendingCalls`, `attention`) and carries on once it is fixed.
 - Another 4xx in the error shape: the refusal. Anything else (a 2xx whose body is not what the
-  call answers, a redirect, a 4xx in another shape): `UnreadableAnswer`, a fault that ends the
-  step, since asking again would read the same.
+  call answers or is larger than MAX_ANSWER_BYTES decoded, a redirect, a 4xx in another shape):
+  `UnreadableAnswer`, a fault that ends the step, since asking again would read the same.
+
+What the exceptions say of an answer is its status, its content type and its length, and an
+error's code and message: never the text of another body, which may echo the customer's data
+into Temporal's failures, stored in clear.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -85,6 +91,10 @@ ERROR_CODE_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 MAX_MESSAGE_CHARS = 500
 # What a later attempt may not meet, besides every 5xx.
 RETRIED_STATUSES = frozenset({401, 403, 408, 425, 429})
+# The most an answer may hold, decoded. The API's answers weigh a few hundred bytes; a larger one
+# is not its, and read whole it could take the worker's memory (a gzip of 50 KB inflates to
+# 50 MB). Read as it arrives, an answer is dropped as soon as it passes this.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -219,16 +229,60 @@ def refusal(detail: WarehouseErrorDetail) -> WarehouseError:
     return known.get(detail.code, refusal_type(detail.code))(message)
 
 
-def _error_detail(response: httpx.Response) -> WarehouseErrorDetail | None:
-    try:
-        return WarehouseErrorBody.model_validate_json(response.content).error
-    except ValidationError:
-        return None
+@dataclass(frozen=True)
+class Answer:
+    """An answer as read: its status, its headers and its body, decoded (empty when a failure's
+    could not be read: a failure is told by its status)."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        """A 2xx."""
+        return 200 <= self.status < 300
+
+    def described(self) -> str:
+        """What messages say of the body: its type and length, never its text, which may echo
+        the customer's data (an order sent back) into failures that Temporal stores in clear."""
+        if not self.content:
+            return "an empty body"
+        kind = self.headers.get("content-type", "")[:100] or "no content type"
+        return f"{kind}, {len(self.content)} bytes"
+
+    def error_detail(self) -> WarehouseErrorDetail | None:
+        """The body's error, if it is in the error shape."""
+        try:
+            return WarehouseErrorBody.model_validate_json(self.content).error
+        except ValidationError:
+            return None
 
 
-def _excerpt(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:200] + ("…" if len(text) > 200 else "") if text else "an empty body"
+async def read_body(response: httpx.Response) -> bytes:
+    """The body of `response`, decoded as it arrives, up to MAX_ANSWER_BYTES.
+
+    Decoded here rather than by httpx, which inflates each chunk received whole: one chunk of a
+    gzip can hold a thousand times its size. `max_length` stops zlib at the bound.
+
+    Raises:
+        UnreadableAnswer: a body larger than that, or compressed in a way not asked for (only
+            gzip is) or not as it says.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise UnreadableAnswer(f"a body encoded as {encoding!r}, when only gzip is accepted")
+    inflate = None if encoding == "identity" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        room = MAX_ANSWER_BYTES + 1 - len(body)
+        try:
+            body += chunk if inflate is None else inflate.decompress(chunk, room)
+        except zlib.error:
+            raise UnreadableAnswer("a body that is not the gzip it says it is") from None
+        if len(body) > MAX_ANSWER_BYTES:
+            raise UnreadableAnswer(f"a body of more than {MAX_ANSWER_BYTES} bytes, not read")
+    return bytes(body)
 
 
 # ── The adapter ─────────────────────────────────────────────────────────────────────────────
@@ -250,8 +304,8 @@ class HttpWarehouse:
             base_url: Where the API lives, `https://host[:port][/path]`; the calls go to
                 `{base_url}/orders/...`.
             secret: The key both sides sign and check requests with (MIN_SECRET_LENGTH at least).
-            timeout_seconds: How long one call may take, each of connecting, sending and waiting
-                for the answer.
+            timeout_seconds: How long one call may take, from connecting to the answer's last
+                byte.
             clock: The unix time the requests are stamped with.
         """
         parts = urlsplit(base_url)
@@ -273,7 +327,9 @@ class HttpWarehouse:
         self._secret = secret
         self._clock = clock
         self._http = httpx.AsyncClient(
-            timeout=timeout_seconds, follow_redirects=False, headers={"Accept": "application/json"}
+            timeout=timeout_seconds,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
         )
 
     @classmethod
@@ -338,11 +394,12 @@ class HttpWarehouse:
         try:
             return answer.model_validate_json(response.content)
         except ValidationError as err:
+            # The location and pydantic's message, never the input (the customer's data).
             first = err.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "the body"
             raise UnreadableAnswer(
-                f"{endpoint.method} {endpoint.path(order_id)} answered {response.status_code} with "
-                f"{_excerpt(response)}, not a {answer.__name__} ({where}: {first['msg']})"
+                f"{endpoint.method} {endpoint.path(order_id)} answered {response.status} with "
+                f"{response.described()}, not a {answer.__name__} ({where}: {first['msg']})"
             ) from None
 
     @staticmethod
@@ -356,7 +413,7 @@ class HttpWarehouse:
 
     async def _call(
         self, endpoint: Endpoint, order_id: str, body: BaseModel | None = None
-    ) -> httpx.Response:
+    ) -> Answer:
         """Send one signed call; its answer if a success, else the exception it stands for."""
         path = endpoint.path(order_id)
         content = b"" if body is None else body.model_dump_json().encode()
@@ -369,13 +426,23 @@ class HttpWarehouse:
         if body is not None:
             headers["Content-Type"] = "application/json"
         what = f"{endpoint.method} {path}"
+        unreadable: UnreadableAnswer | None = None
         try:
+            # The whole call, to the answer's last byte: httpx's timeout bounds each read, and an
+            # answer that trickles in would hold the step (its heartbeats go on) for a day.
             # A cancelled activity cancels this await: httpx drops the connection, and the
             # warehouse may or may not finish the step (release and void_label undo it).
-            response = await self._http.request(
-                endpoint.method, self.base_url + path, content=content, headers=headers
-            )
-        except httpx.TimeoutException:
+            async with (
+                asyncio.timeout(self.timeout_seconds),
+                self._http.stream(
+                    endpoint.method, self.base_url + path, content=content, headers=headers
+                ) as response,
+            ):
+                try:
+                    received = await read_body(response)
+                except UnreadableAnswer as err:
+                    received, unreadable = b"", err
+        except (TimeoutError, httpx.TimeoutException):
             raise WarehouseUnavailable(
                 f"warehouse API: {what}: no answer within {self.timeout_seconds:g} s"
             ) from None
@@ -383,20 +450,23 @@ class HttpWarehouse:
             raise WarehouseUnavailable(
                 f"warehouse API: {what}: {type(err).__name__}: {err or 'connection failed'}"
             ) from None
-        if response.status_code == 202:
+        answer = Answer(response.status_code, response.headers, received)
+        if answer.status == 202:
             raise WarehouseUnavailable(
                 f"warehouse API: {what}: 202 Accepted, under way in the warehouse; asked again"
             )
-        if response.is_success:
-            return response
-        raise self._failure(what, response)
+        if answer.is_success:
+            if unreadable is not None:
+                raise UnreadableAnswer(f"{what} answered {answer.status} with {unreadable}")
+            return answer
+        raise self._failure(what, answer)
 
     @staticmethod
-    def _failure(what: str, response: httpx.Response) -> Exception:
-        status = response.status_code
-        detail = _error_detail(response)
+    def _failure(what: str, answer: Answer) -> Exception:
+        status = answer.status
+        detail = answer.error_detail()
         said = (
-            f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else _excerpt(response)
+            f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else answer.described()
         )
         if status >= 500 or status in RETRIED_STATUSES:
             if status in (401, 403):
@@ -411,7 +481,7 @@ class HttpWarehouse:
             return WarehouseUnavailable(f"warehouse API: {what} answered {status}: {said}")
         if 400 <= status < 500 and detail is not None:
             return refusal(detail)
-        location = response.headers.get("location")
+        location = answer.headers.get("location")
         redirect = f" (a redirect to {location}, not followed)" if location else ""
         return UnreadableAnswer(
             f"{what} answered {status}{redirect} with {said}, not an answer of the warehouse API"

@@ -49,6 +49,7 @@ from activities.http_warehouse import (
     IDEMPOTENCY_HEADER,
     INVOICE,
     LABEL,
+    MAX_ANSWER_BYTES,
     MIN_SECRET_LENGTH,
     PACK,
     PICK,
@@ -136,9 +137,12 @@ A refusal is a 4xx with `{{"error": {{"code": "...", "message": "..."}}}}`: `Out
 your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`). It ends the step: a reservation refused
 refuses the placement; a later step refused cancels the order as the seller (compensated, the
 marketplace told), the code and message in its `statusReason`. The connector retries 408, 425,
-429, every 5xx, no answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS`, and 202 Accepted (a step under
-way that takes long: it asks again, backing off up to 30 s). Any other answer (a body it cannot
-read, a redirect, a 4xx in another shape) ends the step as a fault.
+429, every 5xx, no whole answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS` (from connecting to the
+last byte), and 202 Accepted (a step under way that takes long: it asks again, backing off up to
+30 s). Any other answer (a body it cannot read, or larger than {MAX_ANSWER_BYTES >> 20} MiB
+decoded, `gzip` being the one encoding accepted; a redirect; a 4xx in another shape) ends the
+step as a fault. The connector's messages quote a refusal's code and message, never the text of
+another body.
 
 ## Cancellation
 

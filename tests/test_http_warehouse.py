@@ -12,10 +12,12 @@ simulated warehouse.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import re
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,6 +34,7 @@ from activities import warehouse_store as store
 from activities.fulfillment import TRANSIENT_ERRORS
 from activities.http_warehouse import (
     IDEMPOTENCY_HEADER,
+    MAX_ANSWER_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     HttpWarehouse,
@@ -319,7 +322,7 @@ def misbehaving_app() -> FastAPI:
     app = FastAPI()
 
     @app.api_route("/orders/{order_id}/{resource}", methods=["PUT", "POST", "DELETE"])
-    async def answer(order_id: str, resource: str) -> Response:
+    async def answer(request: Request, order_id: str, resource: str) -> Response:
         error = {"error": {"code": "Busy", "message": "try later"}}
         match order_id:
             case "SLR-500":
@@ -347,6 +350,8 @@ def misbehaving_app() -> FastAPI:
                 return Response(status_code=302, headers={"Location": "https://elsewhere.example/"})
             case "SLR-HTML-404":
                 return Response("<h1>Not Found</h1>", status_code=404)
+            case "SLR-ECHO":  # the order sent back: a common first bug
+                return Response(await request.body(), media_type="application/json")
             case "SLR-BARE-OUT-OF-STOCK":
                 return JSONResponse({"error": {"code": "OutOfStock", "message": "none"}}, 409)
         return JSONResponse({"error": {"code": "Unexpected", "message": order_id}}, status_code=400)
@@ -361,7 +366,7 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
     async with serving(misbehaving_app()) as url, adapter(url, call_seconds=0.3) as warehouse:
         retried = {
             "SLR-500": "answered 500: Busy: try later",
-            "SLR-503": "answered 503: <html>Bad gateway</html>",
+            "SLR-503": "answered 503: no content type, 24 bytes",
             "SLR-429": "answered 429",
             "SLR-202": "202 Accepted, under way",
             "SLR-SLOW": "no answer within 0.3 s",
@@ -372,12 +377,17 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
                 await warehouse.reserve(an_order(order_id, ("1", 1)))
             assert isinstance(failed.value, TRANSIENT_ERRORS), order_id
 
+        # What a fault says of the answer is its type and length, never its text: the order
+        # sent back would put the customer's address into Temporal's failure, stored in clear.
         faults = {
-            "SLR-GARBAGE": "answered 200 with reserved!, not a Reservation",
+            "SLR-GARBAGE": "answered 200 with no content type, 9 bytes, not a "
+            "Reservation (the body: Invalid JSON",
             "SLR-WRONG-SHAPE": "not a Reservation (lines: Field required)",
             "SLR-OTHER-ORDER": "the reservation of another order, SLR-X",
+            "SLR-ECHO": "answered 200 with application/json, 199 bytes, not a Reservation "
+            "(reservedAt: Field required)",
             "SLR-REDIRECT": "302 (a redirect to https://elsewhere.example/, not followed)",
-            "SLR-HTML-404": "answered 404 with <h1>Not Found</h1>, not an answer",
+            "SLR-HTML-404": "answered 404 with no content type, 18 bytes, not an answer",
             "SLR-BARE-OUT-OF-STOCK": "must name its sku, requested and available",
         }
         for order_id, said in faults.items():
@@ -385,11 +395,66 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
                 await warehouse.reserve(an_order(order_id, ("1", 1)))
             # Neither transient nor a refusal: the activity ends the step (WarehouseFailure).
             assert not isinstance(fault.value, (*TRANSIENT_ERRORS, WarehouseError)), order_id
+            assert "Rio de Janeiro" not in str(fault.value), order_id
 
     async with adapter(f"http://127.0.0.1:{closed_port}") as nowhere:
         with pytest.raises(WarehouseUnavailable, match="ConnectError") as refused:
             await nowhere.pick("SLR-1")
     assert isinstance(refused.value, TRANSIENT_ERRORS)
+
+
+async def test_an_answer_that_trickles_in_is_cut_at_the_call_timeout() -> None:
+    """WAREHOUSE_HTTP_TIMEOUT_SECONDS bounds the whole call: a server (or a half-dead proxy)
+    sending a byte now and then would otherwise hold the step, its heartbeats going on, for as
+    long as it likes."""
+    app = FastAPI()
+
+    @app.put("/orders/{order_id}/picking")
+    async def trickle(order_id: str) -> StreamingResponse:
+        async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+            for _ in range(20):
+                yield b" "
+                await asyncio.sleep(0.2)
+
+        return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
+
+    async with serving(app) as url, adapter(url, call_seconds=0.3) as warehouse:
+        started = time.monotonic()
+        with pytest.raises(WarehouseUnavailable, match=re.escape("no answer within 0.3 s")):
+            await warehouse.pick("SLR-TRICKLE-1")
+        took = time.monotonic() - started
+    assert took < 1, f"a call with a 0.3 s timeout took {took:.1f} s"
+
+
+async def test_an_answer_larger_than_the_api_allows_is_a_fault_read_no_further() -> None:
+    """A 16 MB answer gzipped into 16 KB (the adapter asks for gzip): read whole, a megabyte on the
+    wire would be a gigabyte in the worker. A failure is told by its status, whatever its body."""
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024), compresslevel=9)
+    app = FastAPI()
+
+    @app.api_route("/orders/{order_id}/reservation", methods=["PUT", "DELETE"])
+    async def inflating(request: Request, order_id: str) -> Response:
+        status = 200 if request.method == "PUT" else 503
+        headers = {"Content-Encoding": "gzip"}
+        return Response(bomb, status, headers=headers, media_type="application/json")
+
+    @app.put("/orders/{order_id}/label")
+    async def large(order_id: str) -> Response:
+        return Response(b" " * (MAX_ANSWER_BYTES + 1), media_type="application/json")
+
+    async with serving(app) as url, adapter(url) as warehouse:
+        tracemalloc.start()
+        try:
+            with pytest.raises(UnreadableAnswer, match=f"more than {MAX_ANSWER_BYTES} bytes"):
+                await warehouse.reserve(an_order("SLR-BOMB-1", ("1", 1)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        with pytest.raises(UnreadableAnswer, match=f"more than {MAX_ANSWER_BYTES} bytes"):
+            await warehouse.create_label(an_order("SLR-BOMB-1", ("1", 1)))
+        with pytest.raises(WarehouseUnavailable, match="answered 503: an empty body"):
+            await warehouse.release("SLR-BOMB-1")
+    assert peak < 8 * 1024 * 1024, f"{len(bomb)} bytes on the wire, {peak >> 20} MB in memory"
 
 
 # ── Cancellation ────────────────────────────────────────────────────────────────────────────
