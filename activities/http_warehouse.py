@@ -16,21 +16,25 @@ signature, the idempotency key and the error shape.
 - Every call carries `Idempotency-Key: {orderId}:{step}`: the same on every retry of one step,
   so that the seller's system can tell a retry from a new request (the tracking, a read whose
   answer changes, one key per poll).
-- A refusal is a 4xx in the shape `{"error": {"code": "OutOfStock", "message": "...", ...}}`;
-  its code becomes the contract's exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`,
-  `UnknownOrder`) or a `WarehouseError` of that name.
+- A refusal is a 409 or a 422 in the shape `{"error": {"code": "OutOfStock", "message": "...",
+  ...}}`, or a 404 in that shape with the code `UnknownOrder`; its code becomes the contract's
+  exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`) or a
+  `WarehouseError` of that name.
 
 How each answer reaches the order (activities/fulfillment.py decides what ends a step):
 - 2xx: the result. 202 Accepted says the step is under way and not done yet (a person picks):
   the step is asked again, with Temporal's backoff, until it answers otherwise.
 - No whole answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS (from connecting to the answer's last
   byte), a connection refused or cut, 408, 425, 429, 5xx: `WarehouseUnavailable`, retried.
-- 401 and 403: `WarehouseUnavailable` too, logged as an error. A secret or a clock that differs
-  between the two sides is a configuration to fix, not the order's fault: were it a refusal,
-  every order dispatched meanwhile would be canceled and its customer told. Retried, each order
-  shows the error (`pendingCalls`, `attention`) and carries on once it is fixed.
-- Another 4xx in the error shape: the refusal. Anything else (a 2xx whose body is not what the
-  call answers or is larger than MAX_ANSWER_BYTES decoded, a redirect, a 4xx in another shape):
+- The refusal: the step ends.
+- Any other failure: a 401 or 403, a redirect (never followed), a 404 without `UnknownOrder` (a
+  base URL whose path is off), a 405, another 4xx, a 4xx in another shape (a proxy's page):
+  `WarehouseUnavailable` too, logged as an error that says what to fix. A secret, a clock, a
+  base URL or a proxy that is off is a configuration to fix, not the order's fault: were it a
+  refusal (or a fault), every order dispatched meanwhile would be canceled and its customer
+  told. Retried, each order shows the error (`pendingCalls`, `attention`) and carries on once
+  it is fixed.
+- A 2xx whose body is not what the call answers, or is larger than MAX_ANSWER_BYTES decoded:
   `UnreadableAnswer`, a fault that ends the step, since asking again would read the same.
 
 What the exceptions say of an answer is its status, its content type and its length, and an
@@ -90,7 +94,10 @@ ERROR_CODE_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 # The longest message kept from an answer: it goes into Temporal's failure and the order's view.
 MAX_MESSAGE_CHARS = 500
 # What a later attempt may not meet, besides every 5xx.
-RETRIED_STATUSES = frozenset({401, 403, 408, 425, 429})
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+# The statuses of a refusal in the error shape, any code; a 404 is one only with UnknownOrder,
+# since a base URL whose path is off answers 404 too.
+REFUSAL_STATUSES = frozenset({409, 422})
 # The most an answer may hold, decoded. The API's answers weigh a few hundred bytes; a larger one
 # is not its, and read whole it could take the worker's memory (a gzip of 50 KB inflates to
 # 50 MB). Read as it arrives, an answer is dropped as soon as it passes this.
@@ -227,6 +234,12 @@ def refusal(detail: WarehouseErrorDetail) -> WarehouseError:
         "UnknownOrder": UnknownOrder,
     }
     return known.get(detail.code, refusal_type(detail.code))(message)
+
+
+def is_refusal(status: int, code: str) -> bool:
+    """Whether an answer in the error shape is a refusal the API defines: a 409 or a 422, or a 404
+    with the code `UnknownOrder`. Any other failure is the configuration's or transient."""
+    return status in REFUSAL_STATUSES or (status == 404 and code == "UnknownOrder")
 
 
 @dataclass(frozen=True)
@@ -461,28 +474,43 @@ class HttpWarehouse:
             return answer
         raise self._failure(what, answer)
 
-    @staticmethod
-    def _failure(what: str, answer: Answer) -> Exception:
+    def _failure(self, what: str, answer: Answer) -> Exception:
         status = answer.status
         detail = answer.error_detail()
         said = (
             f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else answer.described()
         )
-        if status >= 500 or status in RETRIED_STATUSES:
-            if status in (401, 403):
-                log.error(
-                    "the warehouse API refused this connector (%s answered %d, %s): check that "
-                    "WAREHOUSE_HTTP_SECRET is the same on both sides and both clocks are right; "
-                    "the call is retried",
-                    what,
-                    status,
-                    said,
-                )
+        if status >= 500 or status in TRANSIENT_STATUSES:
             return WarehouseUnavailable(f"warehouse API: {what} answered {status}: {said}")
-        if 400 <= status < 500 and detail is not None:
+        if detail is not None and is_refusal(status, detail.code):
             return refusal(detail)
-        location = answer.headers.get("location")
-        redirect = f" (a redirect to {location}, not followed)" if location else ""
-        return UnreadableAnswer(
-            f"{what} answered {status}{redirect} with {said}, not an answer of the warehouse API"
+        to_fix = self._what_to_fix(answer)
+        log.error(
+            "the warehouse API cannot be called as configured: %s answered %d (%s): %s; the call "
+            "is retried",
+            what,
+            status,
+            said,
+            to_fix,
+        )
+        return WarehouseUnavailable(
+            f"warehouse API: {what} answered {status}: {said}; a configuration to fix: {to_fix}"
+        )
+
+    def _what_to_fix(self, answer: Answer) -> str:
+        """What an answer that is neither a success, a refusal nor transient says to check."""
+        if answer.status in (401, 403):
+            return (
+                "check that WAREHOUSE_HTTP_SECRET is the same on both sides and both clocks are "
+                "right"
+            )
+        if 300 <= answer.status < 400:
+            location = answer.headers.get("location", "")[:200]
+            return (
+                f"a redirect{f' to {location}' if location else ''}, not followed: set "
+                "WAREHOUSE_HTTP_URL to where the API answers"
+            )
+        return (
+            f"not an answer the warehouse API defines: check that WAREHOUSE_HTTP_URL is its base "
+            f"URL (calls go to {self.base_url}/orders/...), and what stands in front of it"
         )

@@ -132,17 +132,22 @@ poll: `{{orderId}}:track:{{timestamp}}`.
 
 ## Errors
 
-A refusal is a 4xx with `{{"error": {{"code": "...", "message": "..."}}}}`: `OutOfStock` (with
-`sku`, `requested`, `available`), `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`, or a code of
-your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`). It ends the step: a reservation refused
-refuses the placement; a later step refused cancels the order as the seller (compensated, the
-marketplace told), the code and message in its `statusReason`. The connector retries 408, 425,
-429, every 5xx, no whole answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS` (from connecting to the
-last byte), and 202 Accepted (a step under way that takes long: it asks again, backing off up to
-30 s). Any other answer (a body it cannot read, or larger than {MAX_ANSWER_BYTES >> 20} MiB
-decoded, `gzip` being the one encoding accepted; a redirect; a 4xx in another shape) ends the
-step as a fault. The connector's messages quote a refusal's code and message, never the text of
-another body.
+A refusal is a 409 or a 422 with `{{"error": {{"code": "...", "message": "..."}}}}`:
+`OutOfStock` (with `sku`, `requested`, `available`), `AlreadyInvoiced`, `OrderReleased` (409), or
+a code of your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`: 422); or a 404 in that shape with
+the code `UnknownOrder`. It ends the step: a reservation refused refuses the placement; a later
+step refused cancels the order as the seller (compensated, the marketplace told), the code and
+message in its `statusReason`.
+
+The connector retries everything else that is not a success: 408, 425, 429, every 5xx, no whole
+answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS` (from connecting to the last byte), and 202
+Accepted (a step under way that takes long: it asks again, backing off up to 30 s); and, logging
+an error that says what to fix, a 401 or a 403, a redirect (never followed), a 404 without
+`UnknownOrder` (a base URL whose path is off), a 405, any other 4xx, and a 4xx not in the error
+shape (a proxy's page): a configuration mistake is not the order's fault. A success whose body is
+not what the call answers, or larger than {MAX_ANSWER_BYTES >> 20} MiB decoded (`gzip` is the
+one encoding accepted), ends the step as a fault. The connector's messages quote a refusal's
+code and message, never the text of another body.
 
 ## Cancellation
 
@@ -279,9 +284,10 @@ def idempotent(endpoint: Endpoint) -> Any:
 
 def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     said = {
-        400: "The Idempotency-Key is not this call's.",
+        400: "The Idempotency-Key is not this call's (retried by the connector: not a refusal).",
         401: "The signature is missing, does not match, or is too old (retried by the connector).",
-        404: "`UnknownOrder`: no reservation for this order.",
+        404: "`UnknownOrder`: no reservation for this order. Any other 404 is no refusal: the "
+        "connector retries it (its URL is off).",
         409: "A refusal of the contract (see its `code`).",
         422: "A refusal of the seller's own (`DamagedItem`, `CarrierRefused`...), or a body that "
         "is not what the call takes (`InvalidRequest`).",
@@ -553,9 +559,13 @@ def create_app(
         return Refused(422, "InvalidRequest", message).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         code = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HttpError")
-        return Refused(err.status_code, code, str(err.detail)).response()
+        message = str(err.detail)
+        if err.status_code in (404, 405):
+            # Not a refusal (the connector retries it): the URL it calls is off.
+            message = f"this API has no {request.method} {request.url.path}"
+        return Refused(err.status_code, code, message).response()
 
     return app
 

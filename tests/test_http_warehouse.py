@@ -346,10 +346,6 @@ def misbehaving_app() -> FastAPI:
             case "SLR-OTHER-ORDER":
                 other = Reservation(order_id="SLR-X", lines=[], reserved_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
                 return Response(other.model_dump_json(), media_type="application/json")
-            case "SLR-REDIRECT":
-                return Response(status_code=302, headers={"Location": "https://elsewhere.example/"})
-            case "SLR-HTML-404":
-                return Response("<h1>Not Found</h1>", status_code=404)
             case "SLR-ECHO":  # the order sent back: a common first bug
                 return Response(await request.body(), media_type="application/json")
             case "SLR-BARE-OUT-OF-STOCK":
@@ -370,7 +366,8 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
             "SLR-429": "answered 429",
             "SLR-202": "202 Accepted, under way",
             "SLR-SLOW": "no answer within 0.3 s",
-            "SLR-403": "answered 403: Forbidden: no",
+            "SLR-403": "answered 403: Forbidden: no; a configuration to fix: check that "
+            "WAREHOUSE_HTTP_SECRET is the same on both sides",
         }
         for order_id, said in retried.items():
             with pytest.raises(WarehouseUnavailable, match=re.escape(said)) as failed:
@@ -386,8 +383,6 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
             "SLR-OTHER-ORDER": "the reservation of another order, SLR-X",
             "SLR-ECHO": "answered 200 with application/json, 199 bytes, not a Reservation "
             "(reservedAt: Field required)",
-            "SLR-REDIRECT": "302 (a redirect to https://elsewhere.example/, not followed)",
-            "SLR-HTML-404": "answered 404 with no content type, 18 bytes, not an answer",
             "SLR-BARE-OUT-OF-STOCK": "must name its sku, requested and available",
         }
         for order_id, said in faults.items():
@@ -401,6 +396,60 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
         with pytest.raises(WarehouseUnavailable, match="ConnectError") as refused:
             await nowhere.pick("SLR-1")
     assert isinstance(refused.value, TRANSIENT_ERRORS)
+
+
+def in_front_of_the_api() -> FastAPI:
+    """What stands in front of many ERPs: a web server that answers a path it does not route
+    with its own 404 page, plain http with a redirect to https, a method it does not allow."""
+    app = FastAPI()
+
+    @app.api_route("/erp/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def not_routed(rest: str) -> Response:
+        return Response("<html><h1>404 Not Found</h1>nginx</html>", status_code=404)
+
+    @app.api_route("/plain/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def to_https(rest: str) -> Response:
+        return Response(status_code=301, headers={"Location": f"https://erp.example/vtex/{rest}"})
+
+    @app.api_route("/read-only/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def not_allowed(rest: str) -> Response:
+        return Response("Method Not Allowed", status_code=405)
+
+    return app
+
+
+async def test_a_base_url_or_a_proxy_that_is_off_is_retried_and_logged_never_a_refusal(
+    reference: tuple[SimulatedWarehouse, Recorded, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A base URL or a proxy that is off is a configuration to fix, as a secret that differs
+    is: taken for a refusal (or a fault), every order dispatched meanwhile would be canceled
+    and its customer told."""
+    books, _, url = reference
+    async with serving(in_front_of_the_api()) as proxy:
+        cases = {
+            # The reference server's own 404, in the error shape, but not UnknownOrder.
+            f"{url}/vtex": "answered 404: NotFound: this API has no PUT "
+            "/vtex/orders/SLR-CONF-1/reservation; a configuration to fix: not an answer the "
+            f"warehouse API defines: check that WAREHOUSE_HTTP_URL is its base URL (calls go "
+            f"to {url}/vtex/orders/...)",
+            f"{proxy}/erp": "answered 404: no content type, 40 bytes; a configuration",
+            f"{proxy}/plain": "answered 301: an empty body; a configuration to fix: a redirect "
+            "to https://erp.example/vtex/orders/SLR-CONF-1/reservation, not followed: set "
+            "WAREHOUSE_HTTP_URL to where the API answers",
+            f"{proxy}/read-only": "answered 405: no content type, 18 bytes; a configuration to fix",
+        }
+        for base, said in cases.items():
+            caplog.clear()
+            async with adapter(base) as warehouse:
+                with pytest.raises(WarehouseUnavailable, match=re.escape(said)) as failed:
+                    await warehouse.reserve(an_order("SLR-CONF-1", ("1", 1)))
+            assert isinstance(failed.value, TRANSIENT_ERRORS), base
+            assert "nginx" not in str(failed.value)
+            (logged,) = [r for r in caplog.records if r.name == "activities.http_warehouse"]
+            assert logged.levelname == "ERROR", base
+            assert "the call is retried" in logged.getMessage(), base
+    assert await books.ledger("SLR-CONF-1") == []  # none reached the API
+    # A 404 with UnknownOrder is the API's refusal: test_refusals_become_the_contracts_exceptions.
 
 
 async def test_an_answer_that_trickles_in_is_cut_at_the_call_timeout() -> None:
@@ -806,6 +855,44 @@ async def test_an_order_through_the_real_stack_behaves_as_with_the_simulated_war
         "pick failed: DamagedItem: order SLR-<order>: SKU DAMAGED found damaged at pick"
     )
     assert seen_over_http["stock"] == (999, 0, 1)
+
+
+async def test_a_base_path_that_is_off_makes_placements_wait_not_refused(
+    temporal_env: WorkflowEnvironment, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WAREHOUSE_HTTP_URL one path segment off (the reference server answers its own 404): the
+    placement is answered 503 while the reservation is retried, as when the warehouse is down,
+    never 409 (the marketplace cancels the order); the worker's log says what to fix."""
+    books = SimulatedWarehouse(tmp_path / "reference.db", default_stock=1000, step_seconds=0)
+    async with (
+        serving(create_app(books, SECRET)) as url,
+        running_stack(
+            temporal_env,
+            tmp_path / "http",
+            warehouse="http",
+            warehouse_http_url=f"{url}/vtex",
+            warehouse_http_secret=SECRET,
+            update_timeout_seconds=0.5,
+        ) as stack,
+    ):
+        order_id = new_order_id()
+        placed = await stack.place(order_id)
+        # Shown once the reservation's first, quick attempts (inside the workflow task) are over.
+        order = await stack.wait_for(order_id, lambda o: o["attention"])
+        canceled = stack.marketplace.calls(kind="cancel", marketplace_order_id=order_id)
+    await books.close()
+
+    assert placed.status_code == 503, placed.text
+    assert placed.json()["error"]["message"].startswith(
+        f"order SLR-{order_id}: the stock is not reserved yet"
+    )
+    assert (order["status"], canceled) == ("reserving", [])
+    # What to fix, on the order (as the next 503 says) and in the worker's log.
+    to_fix = f"check that WAREHOUSE_HTTP_URL is its base URL (calls go to {url}/vtex/orders/...)"
+    assert "answered 404: NotFound: this API has no PUT /vtex/orders/" in order["attention"]
+    assert to_fix in order["attention"]
+    logged = [r for r in caplog.records if r.name == "activities.http_warehouse"]
+    assert logged and logged[0].levelname == "ERROR" and to_fix in logged[0].getMessage()
 
 
 # ── The conformance kit, through the adapter ────────────────────────────────────────────────
