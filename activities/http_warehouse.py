@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -242,6 +242,19 @@ def is_refusal(status: int, code: str) -> bool:
     return status in REFUSAL_STATUSES or (status == 404 and code == "UnknownOrder")
 
 
+def shown_url(url: str) -> str:
+    """`url` with its password, if it has one, replaced by `***`: what reprs, logs and messages
+    show (httpx sends a URL's `user:password` as basic authentication)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a redirect's Location of `http://[x`: shown by no part
+        return "a URL that cannot be read"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class Answer:
     """An answer as read: its status, its headers and its body, decoded (empty when a failure's
@@ -324,7 +337,8 @@ class HttpWarehouse:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
             raise ValueError(
-                f"WAREHOUSE_HTTP_URL={base_url!r} is not an http(s)://host[:port][/path] URL"
+                f"WAREHOUSE_HTTP_URL={shown_url(base_url)!r} is not an "
+                "http(s)://host[:port][/path] URL"
             )
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(
@@ -333,10 +347,17 @@ class HttpWarehouse:
                 + ": the warehouse cannot tell this connector's requests from anyone's"
             )
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            # Signed, so not altered; but orders carry the customer's address.
-            log.warning("WAREHOUSE_HTTP_URL is plain http beyond loopback: orders go in clear")
-        self.base_url = base_url.rstrip("/")
+            # Requests are signed, so one altered on the way is refused; answers are not, and
+            # both carry the customer's address.
+            log.warning(
+                "WAREHOUSE_HTTP_URL is plain http beyond loopback: orders go in clear, and the "
+                "answers could be altered on the way"
+            )
+        self._url = base_url.rstrip("/")
+        # What is shown of the URL: without its password.
+        self.base_url = shown_url(self._url)
         self.timeout_seconds = timeout_seconds
+        self._password = parts.password
         self._secret = secret
         self._clock = clock
         self._http = httpx.AsyncClient(
@@ -448,7 +469,7 @@ class HttpWarehouse:
             async with (
                 asyncio.timeout(self.timeout_seconds),
                 self._http.stream(
-                    endpoint.method, self.base_url + path, content=content, headers=headers
+                    endpoint.method, self._url + path, content=content, headers=headers
                 ) as response,
             ):
                 try:
@@ -460,8 +481,11 @@ class HttpWarehouse:
                 f"warehouse API: {what}: no answer within {self.timeout_seconds:g} s"
             ) from None
         except httpx.TransportError as err:
+            said = str(err) or "connection failed"
+            if self._password:
+                said = said.replace(self._password, "***")
             raise WarehouseUnavailable(
-                f"warehouse API: {what}: {type(err).__name__}: {err or 'connection failed'}"
+                f"warehouse API: {what}: {type(err).__name__}: {said}"
             ) from None
         answer = Answer(response.status_code, response.headers, received)
         if answer.status == 202:
@@ -505,7 +529,7 @@ class HttpWarehouse:
                 "right"
             )
         if 300 <= answer.status < 400:
-            location = answer.headers.get("location", "")[:200]
+            location = shown_url(answer.headers.get("location", ""))[:200]
             return (
                 f"a redirect{f' to {location}' if location else ''}, not followed: set "
                 "WAREHOUSE_HTTP_URL to where the API answers"

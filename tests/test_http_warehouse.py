@@ -725,6 +725,32 @@ def test_the_warehouse_setting_takes_short_names_and_keeps_the_secret_out_of_sig
             load_warehouse(over_http.model_copy(update=missing))
 
 
+async def test_the_adapter_never_shows_the_password_of_its_url(
+    reference: tuple[SimulatedWarehouse, Recorded, str],
+) -> None:
+    """WAREHOUSE_HTTP_URL may carry basic-auth credentials, which httpx sends: what a log, a
+    traceback or an order's error shows of the adapter is without the password."""
+    _, recorded, url = reference
+    with_password = url.replace("http://", "http://connector:erp-password@")
+    shown: list[str] = []
+    async with adapter(with_password) as warehouse:
+        shown += [repr(warehouse), str(warehouse), warehouse.base_url]
+        await warehouse.release("SLR-G1-01")
+    with pytest.raises(ValueError, match="is not an http") as invalid:
+        HttpWarehouse(f"{with_password}?query", SECRET)
+    (closed,) = free_ports(1)
+    async with adapter(f"http://connector:erp-password@127.0.0.1:{closed}") as nowhere:
+        with pytest.raises(WarehouseUnavailable) as down:
+            await nowhere.pick("SLR-G1-01")
+    shown += [str(invalid.value), str(down.value)]
+
+    assert not [text for text in shown if "erp-password" in text], shown
+    assert repr(warehouse) == f"HttpWarehouse({url.replace('http://', 'http://connector:***@')!r})"
+    # And the credentials are sent all the same.
+    (_, _, headers, _) = recorded.requests[-1]
+    assert headers["authorization"] == "Basic Y29ubmVjdG9yOmVycC1wYXNzd29yZA=="
+
+
 def test_the_reference_servers_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
