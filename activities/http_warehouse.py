@@ -16,36 +16,46 @@ signature, the idempotency key and the error shape.
 - Every call carries `Idempotency-Key: {orderId}:{step}`: the same on every retry of one step,
   so that the seller's system can tell a retry from a new request (the tracking, a read whose
   answer changes, one key per poll).
-- A refusal is a 4xx in the shape `{"error": {"code": "OutOfStock", "message": "...", ...}}`;
-  its code becomes the contract's exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`,
-  `UnknownOrder`) or a `WarehouseError` of that name.
+- A refusal is a 409 or a 422 in the shape `{"error": {"code": "OutOfStock", "message": "...",
+  ...}}`, or a 404 in that shape with the code `UnknownOrder`; its code becomes the contract's
+  exception (`OutOfStock`, `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`) or a
+  `WarehouseError` of that name.
 
 How each answer reaches the order (activities/fulfillment.py decides what ends a step):
 - 2xx: the result. 202 Accepted says the step is under way and not done yet (a person picks):
   the step is asked again, with Temporal's backoff, until it answers otherwise.
-- No answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS, a connection refused or cut, 408, 425, 429,
-  5xx: `WarehouseUnavailable`, retried.
-- 401 and 403: `WarehouseUnavailable` too, logged as an error. A secret or a clock that differs
-  between the two sides is a configuration to fix, not the order's fault: were it a refusal,
-  every order dispatched meanwhile would be canceled and its customer told. Retried, each order
-  shows the error (`pendingCalls`, `attention`) and carries on once it is fixed.
-- Another 4xx in the error shape: the refusal. Anything else (a 2xx whose body is not what the
-  call answers, a redirect, a 4xx in another shape): `UnreadableAnswer`, a fault that ends the
-  step, since asking again would read the same.
+- No whole answer within WAREHOUSE_HTTP_TIMEOUT_SECONDS (from connecting to the answer's last
+  byte), a connection refused or cut, 408, 425, 429, 5xx: `WarehouseUnavailable`, retried.
+- The refusal: the step ends.
+- Any other failure: a 401 or 403, a redirect (never followed), a 404 without `UnknownOrder` (a
+  base URL whose path is off), a 405, another 4xx, a 4xx in another shape (a proxy's page):
+  `WarehouseUnavailable` too, logged as an error that says what to fix. A secret, a clock, a
+  base URL or a proxy that is off is a configuration to fix, not the order's fault: were it a
+  refusal (or a fault), every order dispatched meanwhile would be canceled and its customer
+  told. Retried, each order shows the error (`pendingCalls`, `attention`) and carries on once
+  it is fixed.
+- A 2xx whose body is not what the call answers, or is larger than MAX_ANSWER_BYTES decoded:
+  `UnreadableAnswer`, a fault that ends the step, since asking again would read the same.
+
+What the exceptions say of an answer is its status, its content type and its length, and an
+error's code and message: never the text of another body, which may echo the customer's data
+into Temporal's failures, stored in clear.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,7 +94,14 @@ ERROR_CODE_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 # The longest message kept from an answer: it goes into Temporal's failure and the order's view.
 MAX_MESSAGE_CHARS = 500
 # What a later attempt may not meet, besides every 5xx.
-RETRIED_STATUSES = frozenset({401, 403, 408, 425, 429})
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+# The statuses of a refusal in the error shape, any code; a 404 is one only with UnknownOrder,
+# since a base URL whose path is off answers 404 too.
+REFUSAL_STATUSES = frozenset({409, 422})
+# The most an answer may hold, decoded. The API's answers weigh a few hundred bytes; a larger one
+# is not its, and read whole it could take the worker's memory (a gzip of 50 KB inflates to
+# 50 MB). Read as it arrives, an answer is dropped as soon as it passes this.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -219,16 +236,79 @@ def refusal(detail: WarehouseErrorDetail) -> WarehouseError:
     return known.get(detail.code, refusal_type(detail.code))(message)
 
 
-def _error_detail(response: httpx.Response) -> WarehouseErrorDetail | None:
+def is_refusal(status: int, code: str) -> bool:
+    """Whether an answer in the error shape is a refusal the API defines: a 409 or a 422, or a 404
+    with the code `UnknownOrder`. Any other failure is the configuration's or transient."""
+    return status in REFUSAL_STATUSES or (status == 404 and code == "UnknownOrder")
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password, if it has one, replaced by `***`: what reprs, logs and messages
+    show (httpx sends a URL's `user:password` as basic authentication)."""
     try:
-        return WarehouseErrorBody.model_validate_json(response.content).error
-    except ValidationError:
-        return None
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a redirect's Location of `http://[x`: shown by no part
+        return "a URL that cannot be read"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-def _excerpt(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:200] + ("…" if len(text) > 200 else "") if text else "an empty body"
+@dataclass(frozen=True)
+class Answer:
+    """An answer as read: its status, its headers and its body, decoded (empty when a failure's
+    could not be read: a failure is told by its status)."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        """A 2xx."""
+        return 200 <= self.status < 300
+
+    def described(self) -> str:
+        """What messages say of the body: its type and length, never its text, which may echo
+        the customer's data (an order sent back) into failures that Temporal stores in clear."""
+        if not self.content:
+            return "an empty body"
+        kind = self.headers.get("content-type", "")[:100] or "no content type"
+        return f"{kind}, {len(self.content)} bytes"
+
+    def error_detail(self) -> WarehouseErrorDetail | None:
+        """The body's error, if it is in the error shape."""
+        try:
+            return WarehouseErrorBody.model_validate_json(self.content).error
+        except ValidationError:
+            return None
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """The body of `response`, decoded as it arrives, up to MAX_ANSWER_BYTES.
+
+    Decoded here rather than by httpx, which inflates each chunk received whole: one chunk of a
+    gzip can hold a thousand times its size. `max_length` stops zlib at the bound.
+
+    Raises:
+        UnreadableAnswer: a body larger than that, or compressed in a way not asked for (only
+            gzip is) or not as it says.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise UnreadableAnswer(f"a body encoded as {encoding!r}, when only gzip is accepted")
+    inflate = None if encoding == "identity" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        room = MAX_ANSWER_BYTES + 1 - len(body)
+        try:
+            body += chunk if inflate is None else inflate.decompress(chunk, room)
+        except zlib.error:
+            raise UnreadableAnswer("a body that is not the gzip it says it is") from None
+        if len(body) > MAX_ANSWER_BYTES:
+            raise UnreadableAnswer(f"a body of more than {MAX_ANSWER_BYTES} bytes, not read")
+    return bytes(body)
 
 
 # ── The adapter ─────────────────────────────────────────────────────────────────────────────
@@ -250,14 +330,15 @@ class HttpWarehouse:
             base_url: Where the API lives, `https://host[:port][/path]`; the calls go to
                 `{base_url}/orders/...`.
             secret: The key both sides sign and check requests with (MIN_SECRET_LENGTH at least).
-            timeout_seconds: How long one call may take, each of connecting, sending and waiting
-                for the answer.
+            timeout_seconds: How long one call may take, from connecting to the answer's last
+                byte.
             clock: The unix time the requests are stamped with.
         """
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
             raise ValueError(
-                f"WAREHOUSE_HTTP_URL={base_url!r} is not an http(s)://host[:port][/path] URL"
+                f"WAREHOUSE_HTTP_URL={shown_url(base_url)!r} is not an "
+                "http(s)://host[:port][/path] URL"
             )
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(
@@ -266,14 +347,23 @@ class HttpWarehouse:
                 + ": the warehouse cannot tell this connector's requests from anyone's"
             )
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            # Signed, so not altered; but orders carry the customer's address.
-            log.warning("WAREHOUSE_HTTP_URL is plain http beyond loopback: orders go in clear")
-        self.base_url = base_url.rstrip("/")
+            # Requests are signed, so one altered on the way is refused; answers are not, and
+            # both carry the customer's address.
+            log.warning(
+                "WAREHOUSE_HTTP_URL is plain http beyond loopback: orders go in clear, and the "
+                "answers could be altered on the way"
+            )
+        self._url = base_url.rstrip("/")
+        # What is shown of the URL: without its password.
+        self.base_url = shown_url(self._url)
         self.timeout_seconds = timeout_seconds
+        self._password = parts.password
         self._secret = secret
         self._clock = clock
         self._http = httpx.AsyncClient(
-            timeout=timeout_seconds, follow_redirects=False, headers={"Accept": "application/json"}
+            timeout=timeout_seconds,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
         )
 
     @classmethod
@@ -338,11 +428,12 @@ class HttpWarehouse:
         try:
             return answer.model_validate_json(response.content)
         except ValidationError as err:
+            # The location and pydantic's message, never the input (the customer's data).
             first = err.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "the body"
             raise UnreadableAnswer(
-                f"{endpoint.method} {endpoint.path(order_id)} answered {response.status_code} with "
-                f"{_excerpt(response)}, not a {answer.__name__} ({where}: {first['msg']})"
+                f"{endpoint.method} {endpoint.path(order_id)} answered {response.status} with "
+                f"{response.described()}, not a {answer.__name__} ({where}: {first['msg']})"
             ) from None
 
     @staticmethod
@@ -356,7 +447,7 @@ class HttpWarehouse:
 
     async def _call(
         self, endpoint: Endpoint, order_id: str, body: BaseModel | None = None
-    ) -> httpx.Response:
+    ) -> Answer:
         """Send one signed call; its answer if a success, else the exception it stands for."""
         path = endpoint.path(order_id)
         content = b"" if body is None else body.model_dump_json().encode()
@@ -369,50 +460,81 @@ class HttpWarehouse:
         if body is not None:
             headers["Content-Type"] = "application/json"
         what = f"{endpoint.method} {path}"
+        unreadable: UnreadableAnswer | None = None
         try:
+            # The whole call, to the answer's last byte: httpx's timeout bounds each read, and an
+            # answer that trickles in would hold the step (its heartbeats go on) for a day.
             # A cancelled activity cancels this await: httpx drops the connection, and the
             # warehouse may or may not finish the step (release and void_label undo it).
-            response = await self._http.request(
-                endpoint.method, self.base_url + path, content=content, headers=headers
-            )
-        except httpx.TimeoutException:
+            async with (
+                asyncio.timeout(self.timeout_seconds),
+                self._http.stream(
+                    endpoint.method, self._url + path, content=content, headers=headers
+                ) as response,
+            ):
+                try:
+                    received = await read_body(response)
+                except UnreadableAnswer as err:
+                    received, unreadable = b"", err
+        except (TimeoutError, httpx.TimeoutException):
             raise WarehouseUnavailable(
                 f"warehouse API: {what}: no answer within {self.timeout_seconds:g} s"
             ) from None
         except httpx.TransportError as err:
+            said = str(err) or "connection failed"
+            if self._password:
+                said = said.replace(self._password, "***")
             raise WarehouseUnavailable(
-                f"warehouse API: {what}: {type(err).__name__}: {err or 'connection failed'}"
+                f"warehouse API: {what}: {type(err).__name__}: {said}"
             ) from None
-        if response.status_code == 202:
+        answer = Answer(response.status_code, response.headers, received)
+        if answer.status == 202:
             raise WarehouseUnavailable(
                 f"warehouse API: {what}: 202 Accepted, under way in the warehouse; asked again"
             )
-        if response.is_success:
-            return response
-        raise self._failure(what, response)
+        if answer.is_success:
+            if unreadable is not None:
+                raise UnreadableAnswer(f"{what} answered {answer.status} with {unreadable}")
+            return answer
+        raise self._failure(what, answer)
 
-    @staticmethod
-    def _failure(what: str, response: httpx.Response) -> Exception:
-        status = response.status_code
-        detail = _error_detail(response)
+    def _failure(self, what: str, answer: Answer) -> Exception:
+        status = answer.status
+        detail = answer.error_detail()
         said = (
-            f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else _excerpt(response)
+            f"{detail.code}: {detail.message[:MAX_MESSAGE_CHARS]}" if detail else answer.described()
         )
-        if status >= 500 or status in RETRIED_STATUSES:
-            if status in (401, 403):
-                log.error(
-                    "the warehouse API refused this connector (%s answered %d, %s): check that "
-                    "WAREHOUSE_HTTP_SECRET is the same on both sides and both clocks are right; "
-                    "the call is retried",
-                    what,
-                    status,
-                    said,
-                )
+        if status >= 500 or status in TRANSIENT_STATUSES:
             return WarehouseUnavailable(f"warehouse API: {what} answered {status}: {said}")
-        if 400 <= status < 500 and detail is not None:
+        if detail is not None and is_refusal(status, detail.code):
             return refusal(detail)
-        location = response.headers.get("location")
-        redirect = f" (a redirect to {location}, not followed)" if location else ""
-        return UnreadableAnswer(
-            f"{what} answered {status}{redirect} with {said}, not an answer of the warehouse API"
+        to_fix = self._what_to_fix(answer)
+        log.error(
+            "the warehouse API cannot be called as configured: %s answered %d (%s): %s; the call "
+            "is retried",
+            what,
+            status,
+            said,
+            to_fix,
+        )
+        return WarehouseUnavailable(
+            f"warehouse API: {what} answered {status}: {said}; a configuration to fix: {to_fix}"
+        )
+
+    def _what_to_fix(self, answer: Answer) -> str:
+        """What an answer that is neither a success, a refusal nor transient says to check."""
+        if answer.status in (401, 403):
+            return (
+                "check that WAREHOUSE_HTTP_SECRET is the same on both sides and both clocks are "
+                "right"
+            )
+        if 300 <= answer.status < 400:
+            location = shown_url(answer.headers.get("location", ""))[:200]
+            return (
+                f"a redirect{f' to {location}' if location else ''}, not followed: set "
+                "WAREHOUSE_HTTP_URL to where the API answers"
+            )
+        return (
+            f"not an answer the warehouse API defines: check that WAREHOUSE_HTTP_URL is its base "
+            f"URL (calls go to {self.base_url}/orders/...), and what stands in front of it"
         )

@@ -26,7 +26,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
@@ -48,6 +49,7 @@ from activities.http_warehouse import (
     IDEMPOTENCY_HEADER,
     INVOICE,
     LABEL,
+    MAX_ANSWER_BYTES,
     MIN_SECRET_LENGTH,
     PACK,
     PICK,
@@ -116,8 +118,9 @@ order ids are `[A-Za-z0-9._:-]`, nothing is escaped) and `body` the exact bytes 
 when there is none). Refuse, with 401, a signature that does not match (compare in constant
 time) and a timestamp more than {SIGNATURE_TOLERANCE_SECONDS} seconds from your clock. The header
 may list several signatures, comma-separated: accept the call if one matches (a secret being
-rotated). The connector retries a 401 and a 403 (a secret or a clock to fix, not the order's
-fault), showing the error on each order meanwhile.
+rotated). Check it on the bytes received, before parsing them. The connector retries a 401 and a
+403 (a secret or a clock to fix, not the order's fault), showing the error on each order
+meanwhile.
 
 ## Idempotency
 
@@ -129,14 +132,22 @@ poll: `{{orderId}}:track:{{timestamp}}`.
 
 ## Errors
 
-A refusal is a 4xx with `{{"error": {{"code": "...", "message": "..."}}}}`: `OutOfStock` (with
-`sku`, `requested`, `available`), `AlreadyInvoiced`, `OrderReleased`, `UnknownOrder`, or a code of
-your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`). It ends the step: a reservation refused
-refuses the placement; a later step refused cancels the order as the seller (compensated, the
-marketplace told), the code and message in its `statusReason`. The connector retries 408, 425,
-429, every 5xx, no answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS`, and 202 Accepted (a step under
-way that takes long: it asks again, backing off up to 30 s). Any other answer (a body it cannot
-read, a redirect, a 4xx in another shape) ends the step as a fault.
+A refusal is a 409 or a 422 with `{{"error": {{"code": "...", "message": "..."}}}}`:
+`OutOfStock` (with `sku`, `requested`, `available`), `AlreadyInvoiced`, `OrderReleased` (409), or
+a code of your own (`[A-Za-z][A-Za-z0-9]*`, e.g. `DamagedItem`: 422); or a 404 in that shape with
+the code `UnknownOrder`. It ends the step: a reservation refused refuses the placement; a later
+step refused cancels the order as the seller (compensated, the marketplace told), the code and
+message in its `statusReason`.
+
+The connector retries everything else that is not a success: 408, 425, 429, every 5xx, no whole
+answer within `WAREHOUSE_HTTP_TIMEOUT_SECONDS` (from connecting to the last byte), and 202
+Accepted (a step under way that takes long: it asks again, backing off up to 30 s); and, logging
+an error that says what to fix, a 401 or a 403, a redirect (never followed), a 404 without
+`UnknownOrder` (a base URL whose path is off), a 405, any other 4xx, and a 4xx not in the error
+shape (a proxy's page): a configuration mistake is not the order's fault. A success whose body is
+not what the call answers, or larger than {MAX_ANSWER_BYTES >> 20} MiB decoded (`gzip` is the
+one encoding accepted), ends the step as a fault. The connector's messages quote a refusal's
+code and message, never the text of another body.
 
 ## Cancellation
 
@@ -169,17 +180,11 @@ def _header(name: str, description: str) -> Any:
     return Header(alias=name, description=description)
 
 
-async def check_signature(
-    request: Request,
-    timestamp: Annotated[
-        str | None, _header(TIMESTAMP_HEADER, "When the call was signed, in unix seconds.")
-    ] = None,
-    signed: Annotated[
-        str | None,
-        _header(SIGNATURE_HEADER, "`v1=` and the hex HMAC-SHA256 (see *Signature*)."),
-    ] = None,
-) -> None:
-    """Refuse (401) a call whose signature does not match, or signed too long ago."""
+async def check_signature(request: Request) -> None:
+    """Refuse (401) a call whose signature does not match, or signed too long ago: on the bytes
+    received, before anything reads them."""
+    timestamp = request.headers.get(TIMESTAMP_HEADER)
+    signed = request.headers.get(SIGNATURE_HEADER)
     if not timestamp or not signed:
         raise Refused(
             401, "BadSignature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are both required"
@@ -208,6 +213,36 @@ async def check_signature(
             "the signature does not match this call: is WAREHOUSE_HTTP_SECRET the same on both "
             "sides, and the body signed as sent?",
         )
+
+
+class SignedRoute(APIRoute):
+    """A route that checks the call's signature before FastAPI reads its body: a dependency
+    would run after, and an unsigned body that is not JSON would be answered 422 with the
+    parser's words instead of 401. FastAPI's handler reads the body again from the request's
+    cache."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The route's handler, behind the signature's check."""
+        handler = super().get_route_handler()
+
+        async def signed_first(request: Request) -> Response:
+            await check_signature(request)
+            return await handler(request)
+
+        return signed_first
+
+
+def signature_headers(
+    timestamp: Annotated[
+        str | None, _header(TIMESTAMP_HEADER, "When the call was signed, in unix seconds.")
+    ] = None,
+    signed: Annotated[
+        str | None,
+        _header(SIGNATURE_HEADER, "`v1=` and the hex HMAC-SHA256 (see *Signature*)."),
+    ] = None,
+) -> None:
+    """The signature's headers, declared for the OpenAPI description: `SignedRoute` has checked
+    them by the time this runs."""
 
 
 OrderId = Annotated[
@@ -249,9 +284,10 @@ def idempotent(endpoint: Endpoint) -> Any:
 
 def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     said = {
-        400: "The Idempotency-Key is not this call's.",
+        400: "The Idempotency-Key is not this call's (retried by the connector: not a refusal).",
         401: "The signature is missing, does not match, or is too old (retried by the connector).",
-        404: "`UnknownOrder`: no reservation for this order.",
+        404: "`UnknownOrder`: no reservation for this order. Any other 404 is no refusal: the "
+        "connector retries it (its URL is off).",
         409: "A refusal of the contract (see its `code`).",
         422: "A refusal of the seller's own (`DamagedItem`, `CarrierRefused`...), or a body that "
         "is not what the call takes (`InvalidRequest`).",
@@ -264,7 +300,12 @@ def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-router = APIRouter(prefix="/orders", tags=["orders"], dependencies=[Depends(check_signature)])
+router = APIRouter(
+    prefix="/orders",
+    tags=["orders"],
+    route_class=SignedRoute,
+    dependencies=[Depends(signature_headers)],
+)
 
 
 def _warehouse(request: Request) -> Warehouse:
@@ -485,6 +526,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(reporter.run()) if reporter is not None else None
+        if task is not None:
+            # Said when it happens, not at shutdown: the server goes on serving without it.
+            task.add_done_callback(_log_if_crashed)
         try:
             yield
         finally:
@@ -515,11 +559,23 @@ def create_app(
         return Refused(422, "InvalidRequest", message).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         code = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HttpError")
-        return Refused(err.status_code, code, str(err.detail)).response()
+        message = str(err.detail)
+        if err.status_code in (404, 405):
+            # Not a refusal (the connector retries it): the URL it calls is off.
+            message = f"this API has no {request.method} {request.url.path}"
+        return Refused(err.status_code, code, message).response()
 
     return app
+
+
+def _log_if_crashed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (crash := task.exception()) is not None:
+        log.error(
+            "the stock reporter stopped: no stock is reported to the connector any more",
+            exc_info=crash,
+        )
 
 
 def openapi_document() -> dict[str, Any]:
@@ -586,28 +642,48 @@ class StockReporter:
         self._wake.set()
 
     async def run(self) -> None:
-        """Report until cancelled; a batch not taken is sent again, backing off to 30 s."""
-        backoff = 1.0
+        """Report until cancelled; a batch not taken, or books that cannot be read, is tried
+        again, backing off to 30 s. Nothing else ends it: a reporter gone, no stock would ever
+        be reported again while the server goes on serving."""
+        # No slower than it polls: a reporter told to report every 0.1 s retries as often.
+        first_backoff = min(1.0, self.every_seconds)
+        backoff = first_backoff
         async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as http:
             while True:
                 self._wake.clear()
                 try:
                     await self.report(http)
-                except ReportFailed as err:
-                    if str(err) != self._last_problem:
-                        log.warning("stock not reported to %s yet: %s", self.endpoint, err)
-                        self._last_problem = str(err)
+                except Exception as err:
+                    self._tell_problem(err)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
                 if self._last_problem:
                     log.info("stock reported to %s again", self.endpoint)
                     self._last_problem = ""
-                backoff = 1.0
+                backoff = first_backoff
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.every_seconds)
                 except TimeoutError:
                     pass
+
+    def _tell_problem(self, err: Exception) -> None:
+        """Log a problem once, until it changes or is over: the connector not taking a batch as a
+        warning; anything else (the books unreadable: a database restarting, locked, missing)
+        as an error, with its traceback."""
+        problem = f"{type(err).__name__}: {err}"
+        if problem == self._last_problem:
+            return
+        self._last_problem = problem
+        if isinstance(err, ReportFailed):
+            log.warning("stock not reported to %s yet: %s", self.endpoint, err)
+        else:
+            log.error(
+                "stock not reported to %s yet: %s; tried again",
+                self.endpoint,
+                problem,
+                exc_info=err,
+            )
 
     async def report(self, http: httpx.AsyncClient) -> int:
         """Send what moved since the last report; how many changes were sent.

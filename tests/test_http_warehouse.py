@@ -12,9 +12,12 @@ simulated warehouse.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 import re
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,13 +26,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from temporalio.testing import WorkflowEnvironment
 
+from activities import warehouse_store as store
 from activities.fulfillment import TRANSIENT_ERRORS
 from activities.http_warehouse import (
     IDEMPOTENCY_HEADER,
+    MAX_ANSWER_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     HttpWarehouse,
@@ -211,6 +216,19 @@ async def test_the_server_refuses_what_is_not_signed_right_and_the_adapter_retri
     async with httpx.AsyncClient(base_url=url) as http:
         cases: dict[str, tuple[Any, bytes, int, str]] = {
             "unsigned": ({"Content-Type": "application/json"}, body, 401, "BadSignature"),
+            # The signature is checked on the bytes before anything parses them.
+            "unsigned, a body that is no JSON": (
+                {"Content-Type": "application/json"},
+                b'{"orderId": ',
+                401,
+                "BadSignature",
+            ),
+            "signed, a body that is no JSON": (
+                signed(sent=b'{"orderId": '),
+                b'{"orderId": ',
+                422,
+                "InvalidRequest",
+            ),
             "another secret": (signed("another-secret-0123456789"), body, 401, "BadSignature"),
             "altered body": (
                 signed(),
@@ -304,7 +322,7 @@ def misbehaving_app() -> FastAPI:
     app = FastAPI()
 
     @app.api_route("/orders/{order_id}/{resource}", methods=["PUT", "POST", "DELETE"])
-    async def answer(order_id: str, resource: str) -> Response:
+    async def answer(request: Request, order_id: str, resource: str) -> Response:
         error = {"error": {"code": "Busy", "message": "try later"}}
         match order_id:
             case "SLR-500":
@@ -328,10 +346,8 @@ def misbehaving_app() -> FastAPI:
             case "SLR-OTHER-ORDER":
                 other = Reservation(order_id="SLR-X", lines=[], reserved_at="2026-01-01T00:00:00Z")  # type: ignore[arg-type]
                 return Response(other.model_dump_json(), media_type="application/json")
-            case "SLR-REDIRECT":
-                return Response(status_code=302, headers={"Location": "https://elsewhere.example/"})
-            case "SLR-HTML-404":
-                return Response("<h1>Not Found</h1>", status_code=404)
+            case "SLR-ECHO":  # the order sent back: a common first bug
+                return Response(await request.body(), media_type="application/json")
             case "SLR-BARE-OUT-OF-STOCK":
                 return JSONResponse({"error": {"code": "OutOfStock", "message": "none"}}, 409)
         return JSONResponse({"error": {"code": "Unexpected", "message": order_id}}, status_code=400)
@@ -346,23 +362,27 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
     async with serving(misbehaving_app()) as url, adapter(url, call_seconds=0.3) as warehouse:
         retried = {
             "SLR-500": "answered 500: Busy: try later",
-            "SLR-503": "answered 503: <html>Bad gateway</html>",
+            "SLR-503": "answered 503: no content type, 24 bytes",
             "SLR-429": "answered 429",
             "SLR-202": "202 Accepted, under way",
             "SLR-SLOW": "no answer within 0.3 s",
-            "SLR-403": "answered 403: Forbidden: no",
+            "SLR-403": "answered 403: Forbidden: no; a configuration to fix: check that "
+            "WAREHOUSE_HTTP_SECRET is the same on both sides",
         }
         for order_id, said in retried.items():
             with pytest.raises(WarehouseUnavailable, match=re.escape(said)) as failed:
                 await warehouse.reserve(an_order(order_id, ("1", 1)))
             assert isinstance(failed.value, TRANSIENT_ERRORS), order_id
 
+        # What a fault says of the answer is its type and length, never its text: the order
+        # sent back would put the customer's address into Temporal's failure, stored in clear.
         faults = {
-            "SLR-GARBAGE": "answered 200 with reserved!, not a Reservation",
+            "SLR-GARBAGE": "answered 200 with no content type, 9 bytes, not a "
+            "Reservation (the body: Invalid JSON",
             "SLR-WRONG-SHAPE": "not a Reservation (lines: Field required)",
             "SLR-OTHER-ORDER": "the reservation of another order, SLR-X",
-            "SLR-REDIRECT": "302 (a redirect to https://elsewhere.example/, not followed)",
-            "SLR-HTML-404": "answered 404 with <h1>Not Found</h1>, not an answer",
+            "SLR-ECHO": "answered 200 with application/json, 199 bytes, not a Reservation "
+            "(reservedAt: Field required)",
             "SLR-BARE-OUT-OF-STOCK": "must name its sku, requested and available",
         }
         for order_id, said in faults.items():
@@ -370,11 +390,120 @@ async def test_failures_a_retry_may_not_meet_are_unavailable_and_unreadable_answ
                 await warehouse.reserve(an_order(order_id, ("1", 1)))
             # Neither transient nor a refusal: the activity ends the step (WarehouseFailure).
             assert not isinstance(fault.value, (*TRANSIENT_ERRORS, WarehouseError)), order_id
+            assert "Rio de Janeiro" not in str(fault.value), order_id
 
     async with adapter(f"http://127.0.0.1:{closed_port}") as nowhere:
         with pytest.raises(WarehouseUnavailable, match="ConnectError") as refused:
             await nowhere.pick("SLR-1")
     assert isinstance(refused.value, TRANSIENT_ERRORS)
+
+
+def in_front_of_the_api() -> FastAPI:
+    """What stands in front of many ERPs: a web server that answers a path it does not route
+    with its own 404 page, plain http with a redirect to https, a method it does not allow."""
+    app = FastAPI()
+
+    @app.api_route("/erp/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def not_routed(rest: str) -> Response:
+        return Response("<html><h1>404 Not Found</h1>nginx</html>", status_code=404)
+
+    @app.api_route("/plain/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def to_https(rest: str) -> Response:
+        return Response(status_code=301, headers={"Location": f"https://erp.example/vtex/{rest}"})
+
+    @app.api_route("/read-only/{rest:path}", methods=["PUT", "POST", "DELETE"])
+    async def not_allowed(rest: str) -> Response:
+        return Response("Method Not Allowed", status_code=405)
+
+    return app
+
+
+async def test_a_base_url_or_a_proxy_that_is_off_is_retried_and_logged_never_a_refusal(
+    reference: tuple[SimulatedWarehouse, Recorded, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A base URL or a proxy that is off is a configuration to fix, as a secret that differs
+    is: taken for a refusal (or a fault), every order dispatched meanwhile would be canceled
+    and its customer told."""
+    books, _, url = reference
+    async with serving(in_front_of_the_api()) as proxy:
+        cases = {
+            # The reference server's own 404, in the error shape, but not UnknownOrder.
+            f"{url}/vtex": "answered 404: NotFound: this API has no PUT "
+            "/vtex/orders/SLR-CONF-1/reservation; a configuration to fix: not an answer the "
+            f"warehouse API defines: check that WAREHOUSE_HTTP_URL is its base URL (calls go "
+            f"to {url}/vtex/orders/...)",
+            f"{proxy}/erp": "answered 404: no content type, 40 bytes; a configuration",
+            f"{proxy}/plain": "answered 301: an empty body; a configuration to fix: a redirect "
+            "to https://erp.example/vtex/orders/SLR-CONF-1/reservation, not followed: set "
+            "WAREHOUSE_HTTP_URL to where the API answers",
+            f"{proxy}/read-only": "answered 405: no content type, 18 bytes; a configuration to fix",
+        }
+        for base, said in cases.items():
+            caplog.clear()
+            async with adapter(base) as warehouse:
+                with pytest.raises(WarehouseUnavailable, match=re.escape(said)) as failed:
+                    await warehouse.reserve(an_order("SLR-CONF-1", ("1", 1)))
+            assert isinstance(failed.value, TRANSIENT_ERRORS), base
+            assert "nginx" not in str(failed.value)
+            (logged,) = [r for r in caplog.records if r.name == "activities.http_warehouse"]
+            assert logged.levelname == "ERROR", base
+            assert "the call is retried" in logged.getMessage(), base
+    assert await books.ledger("SLR-CONF-1") == []  # none reached the API
+    # A 404 with UnknownOrder is the API's refusal: test_refusals_become_the_contracts_exceptions.
+
+
+async def test_an_answer_that_trickles_in_is_cut_at_the_call_timeout() -> None:
+    """WAREHOUSE_HTTP_TIMEOUT_SECONDS bounds the whole call: a server (or a half-dead proxy)
+    sending a byte now and then would otherwise hold the step, its heartbeats going on, for as
+    long as it likes."""
+    app = FastAPI()
+
+    @app.put("/orders/{order_id}/picking")
+    async def trickle(order_id: str) -> StreamingResponse:
+        async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+            for _ in range(20):
+                yield b" "
+                await asyncio.sleep(0.2)
+
+        return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
+
+    async with serving(app) as url, adapter(url, call_seconds=0.3) as warehouse:
+        started = time.monotonic()
+        with pytest.raises(WarehouseUnavailable, match=re.escape("no answer within 0.3 s")):
+            await warehouse.pick("SLR-TRICKLE-1")
+        took = time.monotonic() - started
+    assert took < 1, f"a call with a 0.3 s timeout took {took:.1f} s"
+
+
+async def test_an_answer_larger_than_the_api_allows_is_a_fault_read_no_further() -> None:
+    """A 16 MB answer gzipped into 16 KB (the adapter asks for gzip): read whole, a megabyte on the
+    wire would be a gigabyte in the worker. A failure is told by its status, whatever its body."""
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024), compresslevel=9)
+    app = FastAPI()
+
+    @app.api_route("/orders/{order_id}/reservation", methods=["PUT", "DELETE"])
+    async def inflating(request: Request, order_id: str) -> Response:
+        status = 200 if request.method == "PUT" else 503
+        headers = {"Content-Encoding": "gzip"}
+        return Response(bomb, status, headers=headers, media_type="application/json")
+
+    @app.put("/orders/{order_id}/label")
+    async def large(order_id: str) -> Response:
+        return Response(b" " * (MAX_ANSWER_BYTES + 1), media_type="application/json")
+
+    async with serving(app) as url, adapter(url) as warehouse:
+        tracemalloc.start()
+        try:
+            with pytest.raises(UnreadableAnswer, match=f"more than {MAX_ANSWER_BYTES} bytes"):
+                await warehouse.reserve(an_order("SLR-BOMB-1", ("1", 1)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        with pytest.raises(UnreadableAnswer, match=f"more than {MAX_ANSWER_BYTES} bytes"):
+            await warehouse.create_label(an_order("SLR-BOMB-1", ("1", 1)))
+        with pytest.raises(WarehouseUnavailable, match="answered 503: an empty body"):
+            await warehouse.release("SLR-BOMB-1")
+    assert peak < 8 * 1024 * 1024, f"{len(bomb)} bytes on the wire, {peak >> 20} MB in memory"
 
 
 # ── Cancellation ────────────────────────────────────────────────────────────────────────────
@@ -495,6 +624,54 @@ async def test_stock_moves_are_reported_to_the_connector_as_available_levels(
     assert from_new_books["changeId"] != reserved["changeId"]
 
 
+class BrokenReporter(StockReporter):
+    """A reporter with a bug that ends it."""
+
+    async def run(self) -> None:
+        raise RuntimeError("a bug in the reporter")
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, words: str) -> logging.LogRecord:
+    deadline = time.monotonic() + 5
+    while not (found := [r for r in caplog.records if words in r.getMessage()]):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.02)
+    return found[0]
+
+
+async def test_the_stock_reporter_outlives_books_it_cannot_read_and_never_stops_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One error reading its books (a database restarting, locked, missing) is logged with its
+    traceback and tried again: ended by it, the reporter would never report stock again while
+    the server goes on serving. And if the reporter ends all the same, it is said at once."""
+    path = tmp_path / "books.db"
+    path.mkdir()  # a database SQLite cannot open, as one that is down
+    connector = ChangesEndpoint(unlisted=set())
+    async with serving(connector.app) as connector_url:
+        endpoint = f"{connector_url}/catalog/changes"
+        reporter = StockReporter(store.store_url(path), endpoint, every_seconds=0.1)
+        task = asyncio.create_task(reporter.run())
+        try:
+            failed = await wait_for_log(caplog, "stock not reported")
+            assert (failed.levelname, failed.exc_info is not None) == ("ERROR", True)
+            assert "OperationalError" in failed.getMessage()
+            path.rmdir()  # back
+            books = SimulatedWarehouse(path, default_stock=10, step_seconds=0)
+            await books.reserve(an_order("SLR-F1-01", ("1", 3)))
+            ((_, [reported]),) = await connector.wait_for(1)
+            assert (reported["sku"], reported["stock"]) == ("1", 7)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        async with serving(create_app(books, SECRET, BrokenReporter(books.url, endpoint))):
+            stopped = await wait_for_log(caplog, "the stock reporter stopped")
+    assert (stopped.levelname, stopped.exc_info is not None) == ("ERROR", True)
+    await books.close()
+
+
 # ── The description, the settings, the command ─────────────────────────────────────────────
 
 
@@ -546,6 +723,32 @@ def test_the_warehouse_setting_takes_short_names_and_keeps_the_secret_out_of_sig
     ):
         with pytest.raises(ValueError, match=match):
             load_warehouse(over_http.model_copy(update=missing))
+
+
+async def test_the_adapter_never_shows_the_password_of_its_url(
+    reference: tuple[SimulatedWarehouse, Recorded, str],
+) -> None:
+    """WAREHOUSE_HTTP_URL may carry basic-auth credentials, which httpx sends: what a log, a
+    traceback or an order's error shows of the adapter is without the password."""
+    _, recorded, url = reference
+    with_password = url.replace("http://", "http://connector:erp-password@")
+    shown: list[str] = []
+    async with adapter(with_password) as warehouse:
+        shown += [repr(warehouse), str(warehouse), warehouse.base_url]
+        await warehouse.release("SLR-G1-01")
+    with pytest.raises(ValueError, match="is not an http") as invalid:
+        HttpWarehouse(f"{with_password}?query", SECRET)
+    (closed,) = free_ports(1)
+    async with adapter(f"http://connector:erp-password@127.0.0.1:{closed}") as nowhere:
+        with pytest.raises(WarehouseUnavailable) as down:
+            await nowhere.pick("SLR-G1-01")
+    shown += [str(invalid.value), str(down.value)]
+
+    assert not [text for text in shown if "erp-password" in text], shown
+    assert repr(warehouse) == f"HttpWarehouse({url.replace('http://', 'http://connector:***@')!r})"
+    # And the credentials are sent all the same.
+    (_, _, headers, _) = recorded.requests[-1]
+    assert headers["authorization"] == "Basic Y29ubmVjdG9yOmVycC1wYXNzd29yZA=="
 
 
 def test_the_reference_servers_command(
@@ -678,6 +881,44 @@ async def test_an_order_through_the_real_stack_behaves_as_with_the_simulated_war
         "pick failed: DamagedItem: order SLR-<order>: SKU DAMAGED found damaged at pick"
     )
     assert seen_over_http["stock"] == (999, 0, 1)
+
+
+async def test_a_base_path_that_is_off_makes_placements_wait_not_refused(
+    temporal_env: WorkflowEnvironment, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WAREHOUSE_HTTP_URL one path segment off (the reference server answers its own 404): the
+    placement is answered 503 while the reservation is retried, as when the warehouse is down,
+    never 409 (the marketplace cancels the order); the worker's log says what to fix."""
+    books = SimulatedWarehouse(tmp_path / "reference.db", default_stock=1000, step_seconds=0)
+    async with (
+        serving(create_app(books, SECRET)) as url,
+        running_stack(
+            temporal_env,
+            tmp_path / "http",
+            warehouse="http",
+            warehouse_http_url=f"{url}/vtex",
+            warehouse_http_secret=SECRET,
+            update_timeout_seconds=0.5,
+        ) as stack,
+    ):
+        order_id = new_order_id()
+        placed = await stack.place(order_id)
+        # Shown once the reservation's first, quick attempts (inside the workflow task) are over.
+        order = await stack.wait_for(order_id, lambda o: o["attention"])
+        canceled = stack.marketplace.calls(kind="cancel", marketplace_order_id=order_id)
+    await books.close()
+
+    assert placed.status_code == 503, placed.text
+    assert placed.json()["error"]["message"].startswith(
+        f"order SLR-{order_id}: the stock is not reserved yet"
+    )
+    assert (order["status"], canceled) == ("reserving", [])
+    # What to fix, on the order (as the next 503 says) and in the worker's log.
+    to_fix = f"check that WAREHOUSE_HTTP_URL is its base URL (calls go to {url}/vtex/orders/...)"
+    assert "answered 404: NotFound: this API has no PUT /vtex/orders/" in order["attention"]
+    assert to_fix in order["attention"]
+    logged = [r for r in caplog.records if r.name == "activities.http_warehouse"]
+    assert logged and logged[0].levelname == "ERROR" and to_fix in logged[0].getMessage()
 
 
 # ── The conformance kit, through the adapter ────────────────────────────────────────────────
