@@ -24,6 +24,7 @@ from activities.warehouse import (
     Reservation,
     ShippingLabel,
     WarehouseOrder,
+    WarehouseUnavailable,
 )
 from config import Settings
 
@@ -33,6 +34,8 @@ T = TypeVar("T")
 LATE_COMMIT_SECONDS = 0.05
 # The gap between checking an order is not released and issuing its invoice.
 INVOICE_GAP_SECONDS = 0.01
+# The round trip of an ERP's look-up, or of a carrier's label purchase.
+ROUND_TRIP_SECONDS = 0.01
 
 
 class WrappedWarehouse:
@@ -215,3 +218,48 @@ class DownAsRuntimeError(WrappedWarehouse):
 
     async def track(self, order: WarehouseOrder) -> ParcelStatus:
         return await self._plainly(self.inner.track(order))
+
+
+class FirstReleaseHangs(WrappedWarehouse):
+    """Hangs: the first release it is asked for never answers (a lock never given back); every
+    other call answers at once. The kit's clause timeout catches it."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self.hung: str | None = None
+
+    async def release(self, order_id: str) -> bool:
+        if self.hung is None:
+            self.hung = order_id
+            await asyncio.Event().wait()
+        return await self.inner.release(order_id)
+
+
+class BackOrdersReleaseFailsOnce(WrappedWarehouse):
+    """Takes any quantity (back-orders: the kit's stock probe reserves its billion units), and
+    its first release fails with `failure`, retryable or not."""
+
+    def __init__(self, inner: SimulatedWarehouse, failure: Exception) -> None:
+        super().__init__(inner)
+        self._failure: Exception | None = failure
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        try:
+            return await self.inner.reserve(order)
+        except OutOfStock as short:
+            await self.inner.restock(short.sku, short.requested)
+            return await self.inner.reserve(order)
+
+    async def release(self, order_id: str) -> bool:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        return await self.inner.release(order_id)
+
+
+class PickNeverDone(WrappedWarehouse):
+    """Every pick answers that it is under way (`WarehouseUnavailable`, as the HTTP adapter
+    reads a `202 Accepted`), and never ends: a step retried until its timeout."""
+
+    async def pick(self, order_id: str) -> None:
+        raise WarehouseUnavailable(f"picking of {order_id} under way; ask again")

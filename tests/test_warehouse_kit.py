@@ -7,23 +7,32 @@ command prints and exits as docs/warehouse-kit.md shows."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import Request, Response
+from starlette.middleware.base import BaseHTTPMiddleware
 
+from activities.http_warehouse import HttpWarehouse
 from activities.simulated_warehouse import SimulatedWarehouse
 from activities.warehouse_kit.__main__ import main
 from activities.warehouse_kit.clauses import CLAUSES
 from activities.warehouse_kit.pytest_plugin import KitTarget, warehouse_kit_tests
-from activities.warehouse_kit.runner import ClauseResult, run_kit
+from activities.warehouse_kit.runner import ClauseResult, KitSetupError, run_kit
 from config import Settings
 from devtools.postgres import TemporaryPostgres
 from devtools.processes import free_ports
+from devtools.reference_warehouse import create_app
+from devtools.serving import serve_asgi
 from tests import broken_warehouses as broken
 
 pytest_plugins = ["activities.warehouse_kit.pytest_plugin"]
@@ -33,11 +42,13 @@ DOC = REPO / "docs" / "warehouse-kit.md"
 SKUS = ["KIT-A", "KIT-B"]
 # Fast enough that the kit's six polls see the parcel collected, in transit and delivered.
 DELIVERY_SECONDS = 0.1
+# The reference server's secret, in the tests that run the HTTP adapter against it.
+SECRET = "kit-secret-0123456789abcdef"
 
 
-def simulated(store: str | Path) -> SimulatedWarehouse:
+def simulated(store: str | Path, delivery_seconds: float = DELIVERY_SECONDS) -> SimulatedWarehouse:
     return SimulatedWarehouse(
-        store, default_stock=1000, step_seconds=0, delivery_seconds=DELIVERY_SECONDS
+        store, default_stock=1000, step_seconds=0, delivery_seconds=delivery_seconds
     )
 
 
@@ -171,6 +182,146 @@ def _assert_in_order(result: ClauseResult, patterns: list[str]) -> None:
         )
 
 
+async def test_a_clause_that_times_out_names_the_call_that_hangs(tmp_path: Path) -> None:
+    store = tmp_path / "warehouse.db"
+    built: list[broken.FirstReleaseHangs] = []
+
+    def make() -> broken.FirstReleaseHangs:
+        built.append(broken.FirstReleaseHangs(simulated(store)))
+        return built[-1]
+
+    report = await run_kit(
+        make, skus=SKUS, clauses=["invoice_and_release_have_one_winner"], clause_timeout_seconds=1
+    )
+
+    (result,) = report.clauses
+    hung = built[-1].hung
+    # The release that hangs, though 19 other races' calls started after it.
+    assert re.fullmatch(
+        rf"still running after 1s: \+\d\.\d+s release\({hung}\) -> still running", result.reason
+    ), report.text()
+    assert result.expected == "every call answers, or fails, in bounded time"
+    shown = f"release({hung}) -> still running after 1s, then cancelled by the kit"
+    assert result.calls[0].endswith(shown), result.calls
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ConnectionResetError("blip"), RuntimeError("bug")],
+    ids=["retryable", "fault"],
+)
+async def test_a_stock_probe_that_reserves_is_given_back(
+    tmp_path: Path, failure: Exception
+) -> None:
+    # An adapter that takes any quantity: the kit's stock probe reserves a billion units. Its
+    # first release fails, retryably (retried) or not (the clause's clean-up releases it).
+    store = tmp_path / "warehouse.db"
+    report = await run_kit(
+        lambda: broken.BackOrdersReleaseFailsOnce(simulated(store), failure),
+        skus=SKUS,
+        clauses=["reserve_is_all_or_nothing"],
+    )
+
+    (result,) = report.broken
+    assert result.reason.startswith(
+        "reserve of 1000000000 of KIT-A answered reservation of 1000000000 of KIT-A"
+    ), result.reason
+    if isinstance(failure, RuntimeError):
+        assert "; giving it back raised RuntimeError: bug (if the kit's clean-up fails" in (
+            result.reason
+        )
+    else:
+        assert any("raised ConnectionResetError: blip, retried" in call for call in result.calls)
+    books = simulated(store)
+    level = await books.stock_level("KIT-A")
+    assert level.reserved == 0, f"{level.reserved} units of KIT-A left reserved by the kit"
+
+
+async def test_a_call_that_stays_retryable_is_reported_so_not_as_ending_the_step(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "warehouse.db"
+    report = await run_kit(
+        lambda: broken.PickNeverDone(simulated(store)),
+        skus=SKUS,
+        clauses=["repeated_calls_act_once"],
+        retry_bound_seconds=0.1,
+    )
+
+    (result,) = report.broken
+    assert re.fullmatch(
+        r"pick\((\S+)\) still failed retryably after \d+ tries over 0\.\ds, the last raised "
+        r"WarehouseUnavailable: picking of \1 under way; ask again",
+        result.reason,
+    ), result.reason
+    assert result.expected.startswith("an answer once retried: the activities retry")
+    _assert_in_order(result, [r"pick\(\S+\) -> raised WarehouseUnavailable: .*, retried$"] * 2)
+    assert "for good" not in report.text()
+
+
+async def test_run_kit_refuses_a_duration_that_is_no_number_of_seconds(tmp_path: Path) -> None:
+    durations = [
+        "settle_seconds",
+        "unreachable_bound_seconds",
+        "retry_bound_seconds",
+        "clause_timeout_seconds",
+    ]
+    for option in durations:
+        for value in (math.nan, math.inf, -1.0):
+            duration: dict[str, Any] = {option: value}
+            with pytest.raises(KitSetupError, match=f"^{option} must be a finite number of"):
+                await run_kit(lambda: simulated(tmp_path / "warehouse.db"), skus=SKUS, **duration)
+
+
+# ── Servers that keep the warehouse API's own rules ─────────────────────────────────────────
+
+
+class PickTakesAMoment(BaseHTTPMiddleware):
+    """A picker who needs a moment: each order's first PUT of its picking is answered `202
+    Accepted` (under way, ask again: docs/plugging-in-your-warehouse.md); asked again, done."""
+
+    def __init__(self, app: Any, accepted: list[str]) -> None:
+        super().__init__(app)
+        self.accepted = accepted
+
+    async def dispatch(self, request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if request.method == "PUT" and path.endswith("/picking") and path not in self.accepted:
+            self.accepted.append(path)
+            return Response(status_code=202)
+        response: Response = await call_next(request)
+        return response
+
+
+@asynccontextmanager
+async def reference_server(
+    tmp_path: Path, middleware: Callable[[Any, list[str]], BaseHTTPMiddleware], seen: list[str]
+) -> AsyncIterator[str]:
+    """The reference server, behind the middleware, on a warehouse of its own; its URL."""
+    books = SimulatedWarehouse(tmp_path / "reference.db", default_stock=100, step_seconds=0)
+    app = create_app(books, SECRET)
+    app.add_middleware(middleware, seen)
+    try:
+        async with serve_asgi(app) as url:
+            yield url
+    finally:
+        await books.close()
+
+
+async def test_a_server_answering_202_then_the_answer_keeps_the_contract(tmp_path: Path) -> None:
+    accepted: list[str] = []
+    async with reference_server(tmp_path, PickTakesAMoment, accepted) as url:
+        report = await run_kit(
+            lambda: HttpWarehouse(url, SECRET, timeout_seconds=5),
+            skus=["1", "2"],
+            clauses=["repeated_calls_act_once"],
+        )
+
+    assert report.ok, report.text()
+    # Each order's first pick was under way (2 orders: one shipped, one canceled).
+    assert len(accepted) == 2, accepted
+
+
 def _clause_lines(output: str) -> list[tuple[str, str]]:
     """Each clause's (status, name) as the command printed them."""
     return re.findall(r"^(held|BROKEN|not run) +(\w+) ", output, flags=re.MULTILINE)
@@ -261,6 +412,11 @@ async def test_the_command_shows_a_broken_clause(
             "--sku 1 --sku 2 --clause unreachable_system_fails_retryably",
             "nothing was checked: every clause asked was not run",
         ),
+        # nan would make the kit wait for ever, then blame the adapter.
+        ("--sku 1 --sku 2 --settle nan", "argument --settle: 'nan' is not a number of seconds"),
+        ("--sku 1 --sku 2 --settle inf", "argument --settle: 'inf' is not a number of seconds"),
+        ("--sku 1 --sku 2 --settle -1", "argument --settle: '-1' is not a number of seconds"),
+        ("--sku 1 --sku 2 --retry-bound soon", "argument --retry-bound: 'soon' is not a number"),
     ],
 )
 async def test_the_command_refuses_what_it_cannot_check(

@@ -27,6 +27,7 @@ from activities.warehouse import (
 )
 from activities.warehouse_kit.trial import (
     Broken,
+    KeptFailing,
     NotRun,
     RecordingWarehouse,
     Trial,
@@ -320,6 +321,10 @@ async def invoice_and_release_have_one_winner(trial: Trial) -> str:
     )
     invoiced = {sku: 0 for sku in trial.skus}
     for order, (invoice, released) in zip(orders, outcomes, strict=True):
+        for outcome in (invoice, released):
+            if isinstance(outcome, KeptFailing):
+                # No answer to judge: the runner says so.
+                raise outcome
         if isinstance(invoice, Invoice) and isinstance(released, AlreadyInvoiced):
             invoiced[order.lines[0].sku] += 1
         elif not (released is True and isinstance(invoice, OrderReleased)):

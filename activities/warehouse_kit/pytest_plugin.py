@@ -26,7 +26,12 @@ from dataclasses import dataclass
 import pytest
 
 from activities.warehouse_kit.clauses import CLAUSES
-from activities.warehouse_kit.runner import DEFAULT_SETTLE_SECONDS, KitSetupError, run_kit
+from activities.warehouse_kit.runner import (
+    DEFAULT_RETRY_BOUND_SECONDS,
+    DEFAULT_SETTLE_SECONDS,
+    KitSetupError,
+    run_kit,
+)
 from activities.warehouse_kit.trial import WarehouseFactory
 
 
@@ -41,6 +46,7 @@ class KitTarget:
     # Builds it pointed at a system that is down; None: that clause cannot run.
     unreachable: WarehouseFactory | None = None
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    retry_bound_seconds: float = DEFAULT_RETRY_BOUND_SECONDS
 
 
 @pytest.fixture
@@ -76,6 +82,7 @@ def warehouse_kit_tests(
             clauses=[warehouse_kit_clause],
             unreachable=kit_target.unreachable,
             settle_seconds=kit_target.settle_seconds,
+            retry_bound_seconds=kit_target.retry_bound_seconds,
         )
         (result,) = report.clauses
         if result.status != "held":
