@@ -91,6 +91,62 @@ class LabelMintedAnew(WrappedWarehouse):
         )
 
 
+class ReserveIdempotentOnlyInSequence(WrappedWarehouse):
+    """Breaks `repeated_calls_act_once` with two calls at once: remembers each order's
+    reservation and answers it again, but looks it up before it reserves (check, then act), in
+    an ERP that numbers each reservation itself. A retry running beside its first attempt (a
+    worker cut off from Temporal) reserves a second time, and the release gives back one."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self._answers: dict[str, Reservation] = {}
+        self._erp_ids: dict[str, str] = {}
+        self._released: set[str] = set()
+
+    def _erp_id(self, order_id: str) -> str:
+        return self._erp_ids.get(order_id, order_id)
+
+    def _as_erp(self, order: WarehouseOrder) -> WarehouseOrder:
+        return order.model_copy(update={"order_id": self._erp_id(order.order_id)})
+
+    async def reserve(self, order: WarehouseOrder) -> Reservation:
+        if order.order_id in self._released:
+            raise OrderReleased(f"order {order.order_id} was released")
+        if order.order_id in self._answers:
+            return self._answers[order.order_id]
+        await asyncio.sleep(ROUND_TRIP_SECONDS)  # the ERP's look-up
+        erp_id = f"{order.order_id}.{secrets.token_hex(2)}"
+        # Kept before the call: a cancelled call is still undone.
+        self._erp_ids[order.order_id] = erp_id
+        reservation = await self.inner.reserve(order.model_copy(update={"order_id": erp_id}))
+        answer = reservation.model_copy(update={"order_id": order.order_id})
+        self._answers[order.order_id] = answer
+        return answer
+
+    async def pick(self, order_id: str) -> None:
+        await self.inner.pick(self._erp_id(order_id))
+
+    async def pack(self, order_id: str) -> None:
+        await self.inner.pack(self._erp_id(order_id))
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        return await self.inner.create_label(self._as_erp(order))
+
+    async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
+        return await self.inner.issue_invoice(self._as_erp(order))
+
+    async def release(self, order_id: str) -> bool:
+        if order_id not in self._erp_ids:
+            self._released.add(order_id)
+        return await self.inner.release(self._erp_id(order_id))
+
+    async def void_label(self, order_id: str) -> bool:
+        return await self.inner.void_label(self._erp_id(order_id))
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        return await self.inner.track(self._as_erp(order))
+
+
 class ReserveLineByLine(WrappedWarehouse):
     """Breaks `reserve_is_all_or_nothing`: takes the lines one by one and keeps those it took
     before the line that is short."""

@@ -90,9 +90,16 @@ SLOW_CLAUSES = {"cancelled_calls_are_undone", "invoice_and_release_have_one_winn
         pytest.param(
             broken.LabelMintedAnew,
             "repeated_calls_act_once",
-            r"^create_label twice gave two answers: label_id LBL-\w+ then LBL-\w+",
+            r"^create_label twice in sequence gave two answers: label_id LBL-\w+ then LBL-\w+",
             [r"create_label\((\S+)\) -> label LBL-", r"create_label\((\S+)\) -> label LBL-"],
             id="LabelMintedAnew",
+        ),
+        pytest.param(
+            broken.ReserveIdempotentOnlyInSequence,
+            "repeated_calls_act_once",
+            r"^reserve twice at once gave two answers: reserved_at ",
+            [r"reserve\(\S+: 1 of KIT-B\) -> reservation", r"reserve\(\S+: 1 of KIT-B\) -> reserv"],
+            id="ReserveIdempotentOnlyInSequence",
         ),
         pytest.param(
             broken.ReserveLineByLine,
@@ -276,6 +283,29 @@ async def test_run_kit_refuses_a_duration_that_is_no_number_of_seconds(tmp_path:
 # ── Servers that keep the warehouse API's own rules ─────────────────────────────────────────
 
 
+class ReplayByIdempotencyKey(BaseHTTPMiddleware):
+    """The usual way to keep the API's "a call repeated must answer what the first did": the
+    first 2xx answer of each Idempotency-Key, answered again to every repeat (a second
+    release then answers True, as the first did)."""
+
+    def __init__(self, app: Any, replayed: list[str]) -> None:
+        super().__init__(app)
+        self.answers: dict[str, tuple[int, bytes, str]] = {}
+        self.replayed = replayed
+
+    async def dispatch(self, request: Request, call_next: Any) -> Response:
+        key = request.headers.get("idempotency-key")
+        if key in self.answers:
+            self.replayed.append(key)
+            status, body, media_type = self.answers[key]
+            return Response(body, status_code=status, media_type=media_type)
+        response = await call_next(request)
+        body = b"".join([chunk async for chunk in response.body_iterator])
+        if key and 200 <= response.status_code < 300:
+            self.answers[key] = (response.status_code, body, response.media_type or "")
+        return Response(body, response.status_code, dict(response.headers), response.media_type)
+
+
 class PickTakesAMoment(BaseHTTPMiddleware):
     """A picker who needs a moment: each order's first PUT of its picking is answered `202
     Accepted` (under way, ask again: docs/plugging-in-your-warehouse.md); asked again, done."""
@@ -308,6 +338,22 @@ async def reference_server(
         await books.close()
 
 
+async def test_a_server_that_replays_answers_by_idempotency_key_keeps_the_contract(
+    tmp_path: Path,
+) -> None:
+    replayed: list[str] = []
+    async with reference_server(tmp_path, ReplayByIdempotencyKey, replayed) as url:
+        report = await run_kit(
+            lambda: HttpWarehouse(url, SECRET, timeout_seconds=5),
+            skus=["1", "2"],
+            clauses=["repeated_calls_act_once"],
+        )
+
+    assert report.ok, report.text()
+    # release and void_label twice: the second answered True, the first's answer replayed.
+    assert {key.rpartition(":")[2] for key in replayed} >= {"release", "void-label"}, replayed
+
+
 async def test_a_server_answering_202_then_the_answer_keeps_the_contract(tmp_path: Path) -> None:
     accepted: list[str] = []
     async with reference_server(tmp_path, PickTakesAMoment, accepted) as url:
@@ -318,8 +364,8 @@ async def test_a_server_answering_202_then_the_answer_keeps_the_contract(tmp_pat
         )
 
     assert report.ok, report.text()
-    # Each order's first pick was under way (2 orders: one shipped, one canceled).
-    assert len(accepted) == 2, accepted
+    # Each order's first pick was under way (4 orders: shipped and canceled, twice each).
+    assert len(accepted) == 4, accepted
 
 
 def _clause_lines(output: str) -> list[tuple[str, str]]:

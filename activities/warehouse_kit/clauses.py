@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -40,6 +41,9 @@ T = TypeVar("T")
 # A clause: what it checked, or `Broken` / `NotRun`.
 Clause = Callable[[Trial], Awaitable[str]]
 
+# How a call is repeated: the second after the first answered, or both at once.
+IN_SEQUENCE = "in sequence"
+AT_ONCE = "at once"
 # When a call is cancelled: at once (it has only started), then a few moments into it.
 CANCEL_AFTER_SECONDS = (0.0, 0.001, 0.005, 0.02)
 # Orders whose invoice races their release, all at once.
@@ -78,73 +82,106 @@ def _differences(first: BaseModel, second: BaseModel) -> str:
     return ", ".join(f"{key} {before[key]!s} then {after.get(key)!s}" for key in changed)
 
 
-def _same_answer(method: str, first: BaseModel, second: BaseModel, order_id: str) -> None:
+def _same_answer(method: str, answers: list[Any], order_id: str, how: str) -> None:
+    first, second = answers
     if first != second:
         raise Broken(
-            f"{method} twice gave two answers: {_differences(first, second)}",
+            f"{method} twice {how} gave two answers: {_differences(first, second)}",
             f"the second {method} answers what the first did",
             [order_id],
         )
 
 
-def _expect_flags(method: str, answers: list[bool], order_id: str) -> None:
-    if answers != [True, False]:
+def _undone_once(method: str, answers: list[bool], order_id: str, how: str) -> None:
+    """`release` or `void_label` twice: the first (of two at once, either) undoes and says so;
+    the other may find nothing left (False) or answer what the first did (True again: a system
+    that replays each call's first answer)."""
+    undone = answers[0] if how == IN_SEQUENCE else any(answers)
+    if not undone:
         raise Broken(
-            f"{method} twice answered {answers[0]} then {answers[1]}",
-            f"True then False: the first {method} undoes, the second finds nothing left",
+            f"{method} twice {how} answered {answers[0]} then {answers[1]}",
+            f"True from the {method} that undoes (the other True again, as a replay, or False)",
             [order_id],
         )
 
 
-async def repeated_calls_act_once(trial: Trial) -> str:
-    """Every method called twice has one effect and gives the same answer.
+async def _twice(how: str, call: Callable[[], Awaitable[T]]) -> list[T]:
+    """The call made twice: one after the other, or both at once (a retry beside the attempt it
+    replaces)."""
+    if how == IN_SEQUENCE:
+        return [await call(), await call()]
+    return list(await asyncio.gather(call(), call()))
 
-    Temporal retries an activity after a crash or a timeout: a retry that reserves again holds
-    stock twice, a second label is a second parcel paid for, a second invoice number is a
-    double invoice.
-    """
-    warehouse, sku = trial.warehouse, trial.skus[0]
+
+async def _shipped_twice(trial: Trial, sku: str, how: str) -> None:
+    """An order through every step to its invoice, each method called twice."""
+    warehouse = trial.warehouse
+    order = trial.order((sku, 1))
     before = await trial.available(sku)
-
-    shipped = trial.order((sku, 1))
-    _same_answer(
-        "reserve",
-        await warehouse.reserve(shipped),
-        await warehouse.reserve(shipped),
-        shipped.order_id,
-    )
+    answers = await _twice(how, partial(warehouse.reserve, order))
+    _same_answer("reserve", answers, order.order_id, how)
     held = await trial.available(sku)
     if held != before - 1:
         raise Broken(
-            f"reserve twice of 1 unit of {sku} took {before - held} ({before} available before, "
-            f"{held} after)",
+            f"reserve twice {how} of 1 unit of {sku} took {before - held} ({before} available "
+            f"before, {held} after)",
             "the second reserve holds nothing more: 1 unit held in all",
-            [shipped.order_id],
+            [order.order_id],
         )
-    for step_twice in (warehouse.pick, warehouse.pack):
-        await step_twice(shipped.order_id)
-        await step_twice(shipped.order_id)
-    label = await warehouse.create_label(shipped)
-    _same_answer("create_label", label, await warehouse.create_label(shipped), shipped.order_id)
-    invoice = await warehouse.issue_invoice(shipped)
-    _same_answer("issue_invoice", invoice, await warehouse.issue_invoice(shipped), shipped.order_id)
-
-    canceled = trial.order((sku, 1))
-    for step in STEPS_BEFORE["void_label"]:
-        await call_step(warehouse, step, canceled)
-    voided = [await warehouse.void_label(canceled.order_id) for _ in range(2)]
-    _expect_flags("void_label", voided, canceled.order_id)
-    released = [await warehouse.release(canceled.order_id) for _ in range(2)]
-    _expect_flags("release", released, canceled.order_id)
-    after = await trial.available(sku)
-    if after != before - 1:
+    await _twice(how, partial(warehouse.pick, order.order_id))
+    await _twice(how, partial(warehouse.pack, order.order_id))
+    for method in ("create_label", "issue_invoice"):
+        answers = await _twice(how, partial(call_step, warehouse, method, order))
+        _same_answer(method, answers, order.order_id, how)
+    shipped = await trial.available(sku)
+    if shipped != held:
         raise Broken(
-            f"{before - after} units of {sku} are gone after one order invoiced and one released "
-            f"twice ({before} available before, {after} after)",
-            "1 unit gone (the invoiced one): the released order's unit back, once",
-            [shipped.order_id, canceled.order_id],
+            f"issue_invoice twice {how} of 1 unit of {sku} left {shipped} available, {held} before",
+            "the invoice ships the unit reserved, once: nothing more taken",
+            [order.order_id],
         )
-    return "reserve, pick, pack, create_label, issue_invoice, void_label and release each twice"
+
+
+async def _canceled_twice(trial: Trial, sku: str, how: str) -> None:
+    """An order labelled then canceled, its label voided and its stock released twice each."""
+    warehouse = trial.warehouse
+    order = trial.order((sku, 1))
+    before = await trial.available(sku)
+    for step in STEPS_BEFORE["void_label"]:
+        await call_step(warehouse, step, order)
+    for method in ("void_label", "release"):
+        answers = await _twice(how, partial(call_step, warehouse, method, order))
+        _undone_once(method, answers, order.order_id, how)
+    after = await trial.available(sku)
+    if after != before:
+        raise Broken(
+            f"release twice {how} left {after} of {sku} available, {before} before the order "
+            "was reserved",
+            "the order's unit back, once",
+            [order.order_id],
+        )
+
+
+async def repeated_calls_act_once(trial: Trial) -> str:
+    """Every method called twice, one call after the other and both at once, has one effect
+    and gives the same answer; `release` and `void_label` undo once (the stock back once; a
+    repeat answers False, or True again as a replay of the first).
+
+    Temporal retries an activity after a crash or a timeout, and a retry can run beside the
+    attempt it replaces (a worker cut off from Temporal): a retry that reserves again holds
+    stock twice, a second label is a second parcel paid for, a second invoice number is a
+    double invoice, a release that gives stock back twice sells units that are not there.
+    """
+    first, second = trial.skus[:2]
+    for sku, how in ((first, IN_SEQUENCE), (second, AT_ONCE)):
+        with trial.case():
+            await _shipped_twice(trial, sku, how)
+        with trial.case():
+            await _canceled_twice(trial, sku, how)
+    return (
+        "reserve, pick, pack, create_label, issue_invoice, void_label and release each twice "
+        "in sequence and twice at once"
+    )
 
 
 async def reserve_is_all_or_nothing(trial: Trial) -> str:
