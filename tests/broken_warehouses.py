@@ -26,6 +26,7 @@ from activities.warehouse import (
     WarehouseOrder,
     WarehouseUnavailable,
 )
+from activities.warehouse_books import COURIER
 from config import Settings
 
 T = TypeVar("T")
@@ -190,6 +191,54 @@ class ReserveCommitsAfterCancel(WrappedWarehouse):
 
     async def close(self) -> None:
         await asyncio.gather(*self._late, return_exceptions=True)
+        await self.inner.close()
+
+
+class LabelBoughtAfterItsVoid(WrappedWarehouse):
+    """Breaks `cancelled_calls_are_undone` (and not the stock): buys each label from a carrier
+    whose purchase a cancel does not stop, ROUND_TRIP_SECONDS after asking. A create_label
+    cancelled mid-way buys its label after the compensation's void found none to void: a
+    parcel paid for and never sent."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self._purchases: dict[str, asyncio.Task[ShippingLabel]] = {}
+        self.labels: dict[str, ShippingLabel] = {}
+        self.voided: set[str] = set()
+
+    async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
+        purchase = self._purchases.get(order.order_id)
+        if purchase is None:
+            purchase = asyncio.create_task(self._buy(order))
+            self._purchases[order.order_id] = purchase
+        return await asyncio.shield(purchase)
+
+    async def _buy(self, order: WarehouseOrder) -> ShippingLabel:
+        await asyncio.sleep(ROUND_TRIP_SECONDS)
+        try:
+            label = await self.inner.create_label(order)  # what track() follows
+        except OrderReleased:
+            # The carrier sells it all the same.
+            number = f"SIM{secrets.randbelow(10**10):010d}"
+            label = ShippingLabel(
+                label_id=f"LBL-{secrets.token_hex(4).upper()}",
+                courier=COURIER,
+                tracking_number=number,
+                tracking_url=f"https://tracking.example.com/{number}",
+                created_at=datetime.now(UTC),
+            )
+        self.labels[order.order_id] = label
+        return label
+
+    async def void_label(self, order_id: str) -> bool:
+        if order_id not in self.labels or order_id in self.voided:
+            return False
+        self.voided.add(order_id)
+        await self.inner.void_label(order_id)
+        return True
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._purchases.values(), return_exceptions=True)
         await self.inner.close()
 
 

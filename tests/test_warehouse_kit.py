@@ -119,6 +119,20 @@ SLOW_CLAUSES = {"cancelled_calls_are_undone", "invoice_and_release_have_one_winn
             id="ReserveCommitsAfterCancel",
         ),
         pytest.param(
+            broken.LabelBoughtAfterItsVoid,
+            "cancelled_calls_are_undone",
+            r"^create_label cancelled after 0\.0s, then released and voided: void_label answered "
+            r"False, yet after the 0\.2s settle time void_label answered True: a label bought "
+            r"after its void$",
+            [
+                r"create_label\(\S+\) -> cancelled",
+                r"release\(\S+\) -> True",
+                r"void_label\(\S+\) -> False",
+                r"void_label\(\S+\) -> True",
+            ],
+            id="LabelBoughtAfterItsVoid",
+        ),
+        pytest.param(
             broken.InvoiceChecksThenActs,
             "invoice_and_release_have_one_winner",
             r"^issue_invoice and release of \S+ at once: issue_invoice invoice NFe-\d+; "
@@ -352,6 +366,42 @@ async def test_a_server_that_replays_answers_by_idempotency_key_keeps_the_contra
     assert report.ok, report.text()
     # release and void_label twice: the second answered True, the first's answer replayed.
     assert {key.rpartition(":")[2] for key in replayed} >= {"release", "void-label"}, replayed
+
+
+class ReplaysFirstAnswers(broken.WrappedWarehouse):
+    """The simulated warehouse answering each repeated release and void_label as the first
+    did, as a server replaying by Idempotency-Key does (faster than over HTTP)."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self.answers: dict[tuple[str, str], bool] = {}
+
+    async def release(self, order_id: str) -> bool:
+        answer = self.answers.get(("release", order_id))
+        if answer is None:
+            answer = self.answers["release", order_id] = await self.inner.release(order_id)
+        return answer
+
+    async def void_label(self, order_id: str) -> bool:
+        answer = self.answers.get(("void_label", order_id))
+        if answer is None:
+            answer = self.answers["void_label", order_id] = await self.inner.void_label(order_id)
+        return answer
+
+
+async def test_cancelled_calls_undone_by_answers_that_replay_hold(tmp_path: Path) -> None:
+    # The compensation's release and void_label asked again after the settle time answer what
+    # they first did: True again is a replay, not a reservation or a label that came late.
+    built: list[ReplaysFirstAnswers] = []
+
+    def make() -> ReplaysFirstAnswers:
+        built.append(ReplaysFirstAnswers(simulated(tmp_path / "warehouse.db")))
+        return built[-1]
+
+    report = await run_kit(make, skus=SKUS, clauses=["cancelled_calls_are_undone"])
+
+    assert report.ok, report.text()
+    assert True in built[-1].answers.values()
 
 
 async def test_a_server_answering_202_then_the_answer_keeps_the_contract(tmp_path: Path) -> None:

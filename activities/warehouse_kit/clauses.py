@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -234,12 +235,28 @@ async def reserve_is_all_or_nothing(trial: Trial) -> str:
     return "2 orders with one line short and 1 plain out-of-stock refused, holding nothing"
 
 
-async def _cancel_mid_call(trial: Trial, method: str, after: float) -> int:
+@dataclass
+class _CancelledCall:
+    """One call cancelled mid-way and undone, as `_cancel_mid_call` left it."""
+
+    method: str
+    after: float
+    order: WarehouseOrder
+    # Where its calls start in the trial's.
+    since: int
+    # Units that stay gone: 1 if the invoice committed before the cancel took.
+    kept: int
+    # The compensation's answers; None when the order turned out invoiced (nothing undone).
+    released: bool | None
+    voided: bool | None
+
+
+async def _cancel_mid_call(trial: Trial, method: str, after: float) -> _CancelledCall:
     """Call `method` on a fresh order, cancel it `after` seconds in, then undo as the workflow's
-    compensation does (release, then void the label). Returns the units that stay gone (1 if the
-    invoice committed before the cancel took: the order is invoiced after all)."""
+    compensation does (release, then void the label)."""
     warehouse, sku = trial.warehouse, trial.skus[0]
     order = trial.order((sku, 1))
+    since = len(trial.calls)
     for step in STEPS_BEFORE[method]:
         await call_step(warehouse, step, order)
     task = asyncio.ensure_future(call_step(warehouse, method, order))
@@ -250,47 +267,98 @@ async def _cancel_mid_call(trial: Trial, method: str, after: float) -> int:
     if not task.cancelled():
         task.exception()
     try:
-        await warehouse.release(order.order_id)
+        released = await warehouse.release(order.order_id)
     except AlreadyInvoiced:
         if method not in ("issue_invoice", "track"):
             raise
         # The invoice committed: the workflow fetches it, and it must be there.
         await warehouse.issue_invoice(order)
-        return 1
-    await warehouse.void_label(order.order_id)
-    if await warehouse.void_label(order.order_id):
+        return _CancelledCall(method, after, order, since, 1, None, None)
+    voided = await warehouse.void_label(order.order_id)
+    return _CancelledCall(method, after, order, since, 0, released, voided)
+
+
+async def _nothing_came_late(trial: Trial, case: _CancelledCall) -> None:
+    """After the settle time, what the cancelled call might have committed late is not there:
+    no reservation for a second release to find, no label for a second void, no invoice (the
+    release won). A second call answering True may be a replay of the first's True; True after
+    a False is something that came after its undo, and that nobody will undo."""
+    if case.released is None:
+        return  # invoiced: shipped, nothing was undone
+    warehouse, order_id = trial.warehouse, case.order.order_id
+    what = f"{case.method} cancelled after {case.after}s, then released and voided"
+    later = f"after the {trial.settle_seconds}s settle time"
+    expected = "a cancelled call commits nothing after the release and void_label that undo it"
+    try:
+        released = await warehouse.release(order_id)
+    except AlreadyInvoiced:
         raise Broken(
-            f"void_label of {order.order_id} answered True again, after the void that undid "
-            f"a cancelled {method}",
-            "the second void_label finds nothing left to void",
+            f"{what}: release answered {case.released}, yet {later} "
+            "release raised AlreadyInvoiced: the order was invoiced after its release",
+            expected,
+            [order_id],
+        ) from None
+    if released and not case.released:
+        raise Broken(
+            f"{what}: release answered False, yet {later} release answered "
+            "True: a reservation committed after its release",
+            expected,
+            [order_id],
         )
-    return 0
+    if await warehouse.void_label(order_id) and not case.voided:
+        raise Broken(
+            f"{what}: void_label answered False, yet {later} void_label "
+            "answered True: a label bought after its void",
+            expected,
+            [order_id],
+        )
+    if case.method == "issue_invoice":
+        try:
+            invoice = await warehouse.issue_invoice(case.order)
+        except OrderReleased:
+            return
+        raise Broken(
+            f"{what}: release answered {case.released}, yet {later} "
+            f"issue_invoice answered {describe(invoice)}",
+            "OrderReleased: the release won, and a cancelled invoice commits nothing after it",
+            [order_id],
+        )
 
 
 async def cancelled_calls_are_undone(trial: Trial) -> str:
     """A call cancelled mid-way leaves nothing behind, or what `release` and `void_label` undo:
-    after the cancel and the undo, the available stock is back where it was.
+    after the cancel and the undo, the available stock is back where it was, and a settle time
+    later nothing came after the undo (no reservation, label or invoice).
 
     A marketplace cancellation stops the step mid-call; a reservation that commits after its
-    release holds stock for ever, a label that survives its void is a parcel paid for and lost.
+    release holds stock for ever, a label that survives its void is a parcel paid for and lost,
+    an invoice after the release bills a canceled order.
     """
     sku = trial.skus[0]
     cases = [(method, after) for method in STEPS_BEFORE for after in CANCEL_AFTER_SECONDS]
     start = await trial.available(sku)
     first_breach: Broken | None = None
     gone = 0
+    undone = []
     for method, after in cases:
         with trial.case():
             before = await trial.available(sku)
-            kept = await _cancel_mid_call(trial, method, after)
-            gone += kept
+            case = await _cancel_mid_call(trial, method, after)
+            undone.append(case)
+            gone += case.kept
             now = await trial.available(sku)
-            if now != before - kept and first_breach is None:
-                first_breach = _stock_breach(sku, method, after, before - kept, now)
+            if now != before - case.kept and first_breach is None:
+                first_breach = _stock_breach(sku, method, after, before - case.kept, now)
                 first_breach.since = trial.case_start
     # A call cut off may still commit on the far side a moment later.
-    await asyncio.sleep(trial.settle_seconds)
+    await trial.pause(trial.settle_seconds)
     end = await trial.available(sku)
+    for case in undone:
+        try:
+            await _nothing_came_late(trial, case)
+        except Broken as breach:
+            breach.since = case.since
+            raise
     if first_breach is None and end != start - gone:
         first_breach = Broken(
             f"{start - gone - end} units of {sku} were held {trial.settle_seconds}s after the "
@@ -302,14 +370,14 @@ async def cancelled_calls_are_undone(trial: Trial) -> str:
         for method, after in cases:
             with trial.case():
                 before = await trial.available(sku)
-                kept = await _cancel_mid_call(trial, method, after)
-                await asyncio.sleep(trial.settle_seconds)
+                case = await _cancel_mid_call(trial, method, after)
+                await trial.pause(trial.settle_seconds)
                 now = await trial.available(sku)
-                if now != before - kept:
-                    raise _stock_breach(sku, method, after, before - kept, now)
+                if now != before - case.kept:
+                    raise _stock_breach(sku, method, after, before - case.kept, now)
         raise first_breach
     moments = ", ".join(map(str, CANCEL_AFTER_SECONDS))
-    return f"{len(STEPS_BEFORE)} methods cancelled after {moments}s, each undone"
+    return f"{len(STEPS_BEFORE)} methods cancelled after {moments}s, each undone, nothing late"
 
 
 def _stock_breach(sku: str, method: str, after: float, expected: int, available: int) -> Broken:
