@@ -289,6 +289,23 @@ class TrackDropsEvents(WrappedWarehouse):
         return status
 
 
+class DeliveryUndoneNowAndThen(WrappedWarehouse):
+    """Breaks `tracking_never_goes_back` once the parcel is delivered: every other answer then
+    says it is not (a carrier's API behind a cache that is not always fresh). A carrier slower
+    than the kit's bound never shows it."""
+
+    def __init__(self, inner: SimulatedWarehouse) -> None:
+        super().__init__(inner)
+        self._polls = 0
+
+    async def track(self, order: WarehouseOrder) -> ParcelStatus:
+        status = await self.inner.track(order)
+        self._polls += 1
+        if status.delivered and self._polls % 2 == 0:
+            return ParcelStatus(events=status.events[:-1], delivered=False)
+        return status
+
+
 class DownAsRuntimeError(WrappedWarehouse):
     """Breaks `unreachable_system_fails_retryably`: a system that is down surfaces as
     RuntimeError, which ends the order's step for good instead of being retried."""

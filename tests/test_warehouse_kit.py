@@ -1,8 +1,10 @@
 """The warehouse kit (activities/warehouse_kit): the simulated warehouse keeps every clause of the
 `Warehouse` contract, on SQLite and on PostgreSQL (through the kit's pytest plugin, as an
 adapter's own suite would use it); each adapter of tests/broken_warehouses.py breaks the clause
-it is written to break, and only that one, the report showing the calls that broke it; and the
-command prints and exits as docs/warehouse-kit.md shows."""
+it is written to break, and only that one, the report showing the calls that broke it; servers
+that keep the warehouse API's own rules (answers replayed by Idempotency-Key, `202 Accepted`)
+keep every clause; what the kit cannot check is said not run, never held; and the command prints
+and exits as docs/warehouse-kit.md shows."""
 
 from __future__ import annotations
 
@@ -10,11 +12,10 @@ import asyncio
 import math
 import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ pytest_plugins = ["activities.warehouse_kit.pytest_plugin"]
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "warehouse-kit.md"
 SKUS = ["KIT-A", "KIT-B"]
-# Fast enough that the kit's six polls see the parcel collected, in transit and delivered.
+# Fast enough that the kit's polls see the parcel collected, in transit and delivered at once.
 DELIVERY_SECONDS = 0.1
 # The reference server's secret, in the tests that run the HTTP adapter against it.
 SECRET = "kit-secret-0123456789abcdef"
@@ -80,8 +81,13 @@ def warehouse_kit_target(
 test_the_simulated_warehouse_keeps_the_clause = warehouse_kit_tests()
 
 # The clauses a broken adapter is also run through, to show it breaks its own alone (the
-# cancellations' and the races' are long: only the adapters that break them run them).
-SLOW_CLAUSES = {"cancelled_calls_are_undone", "invoice_and_release_have_one_winner"}
+# cancellations' and the races' are long, and tracking waits for a delivery: only the adapters
+# that break them run them).
+SLOW_CLAUSES = {
+    "cancelled_calls_are_undone",
+    "invoice_and_release_have_one_winner",
+    "tracking_never_goes_back",
+}
 
 
 @pytest.mark.parametrize(
@@ -203,6 +209,41 @@ def _assert_in_order(result: ClauseResult, patterns: list[str]) -> None:
         )
 
 
+def undoing_deliveries(store: Path, delivery_seconds: float) -> broken.WrappedWarehouse:
+    return broken.DeliveryUndoneNowAndThen(simulated(store, delivery_seconds))
+
+
+async def test_tracking_a_parcel_not_delivered_in_time_is_not_run_rather_than_held(
+    tmp_path: Path,
+) -> None:
+    # One adapter that undoes the delivery now and then, with a carrier that delivers in 0.1 s
+    # and one that takes 30 s (make run's setting; a real carrier takes days).
+    fast, slow = [
+        await run_kit(
+            partial(undoing_deliveries, tmp_path / f"{seconds}.db", seconds),
+            skus=SKUS,
+            clauses=["tracking_never_goes_back"],
+            track_bound_seconds=0.3,
+        )
+        for seconds in (DELIVERY_SECONDS, 30.0)
+    ]
+
+    assert fast.clauses[0].status == "broken", fast.text()
+    assert re.match(
+        r"track answered 3 events: Delivered, delivered, then 2 events", fast.clauses[0].reason
+    )
+    (result,) = slow.clauses
+    assert result.status == "not run", slow.text()
+    assert "the shipped parcel did not move (1 event: Collected by Simulated Carrier)" in (
+        result.reason
+    )
+    assert "CARRIER_DELIVERY_TIME=1s" in result.reason
+    assert "--track-bound SECONDS" in result.reason
+    assert slow.text().splitlines()[-1] == (
+        "held: 0 of 1 clauses; 1 not run, so not checked (tracking_never_goes_back)"
+    )
+
+
 async def test_a_clause_that_times_out_names_the_call_that_hangs(tmp_path: Path) -> None:
     store = tmp_path / "warehouse.db"
     built: list[broken.FirstReleaseHangs] = []
@@ -285,6 +326,7 @@ async def test_run_kit_refuses_a_duration_that_is_no_number_of_seconds(tmp_path:
         "settle_seconds",
         "unreachable_bound_seconds",
         "retry_bound_seconds",
+        "track_bound_seconds",
         "clause_timeout_seconds",
     ]
     for option in durations:
@@ -444,29 +486,26 @@ def _kit_environment(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_the_command_holds_the_simulated_warehouse(tmp_path: Path) -> None:
+async def test_the_command_holds_the_simulated_warehouse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The WAREHOUSE setting's default: the simulated warehouse.
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith("WAREHOUSE")
-    }
-    environment.update(_kit_environment(tmp_path))
+    for key in os.environ:
+        if key.startswith("WAREHOUSE"):
+            monkeypatch.delenv(key)
+    for key, value in _kit_environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
     arguments = f"check --sku 1 --sku 2 --unreachable-env WAREHOUSE_URL={unreachable_url()}"
-    run = subprocess.run(
-        [sys.executable, "-m", "activities.warehouse_kit", *arguments.split()],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
-    assert run.returncode == 0, run.stdout + run.stderr
-    lines = run.stdout.splitlines()
+    # In a thread of its own: the command runs its own event loop.
+    assert await asyncio.to_thread(main, arguments.split()) == 0
+    output = capsys.readouterr().out
+    lines = output.splitlines()
     assert lines[0] == "Checking activities.simulated_warehouse:SimulatedWarehouse.from_settings"
-    assert _clause_lines(run.stdout) == [("held", name) for name in CLAUSES]
+    assert _clause_lines(output) == [("held", name) for name in CLAUSES]
     assert lines[-1] == f"held: {len(CLAUSES)} of {len(CLAUSES)} clauses"
     documented = "--unreachable-env WAREHOUSE_URL=postgresql+psycopg://kit@127.0.0.1:9/kit"
-    assert _clause_lines(run.stdout) == _documented(documented)
+    assert _clause_lines(output) == _documented(documented)
 
 
 async def test_the_command_shows_a_broken_clause(
@@ -512,7 +551,7 @@ async def test_the_command_shows_a_broken_clause(
         ("--sku 1 --sku 2 --settle nan", "argument --settle: 'nan' is not a number of seconds"),
         ("--sku 1 --sku 2 --settle inf", "argument --settle: 'inf' is not a number of seconds"),
         ("--sku 1 --sku 2 --settle -1", "argument --settle: '-1' is not a number of seconds"),
-        ("--sku 1 --sku 2 --retry-bound soon", "argument --retry-bound: 'soon' is not a number"),
+        ("--sku 1 --sku 2 --track-bound soon", "argument --track-bound: 'soon' is not a number"),
     ],
 )
 async def test_the_command_refuses_what_it_cannot_check(

@@ -23,6 +23,7 @@ from activities.warehouse_kit.clauses import CLAUSES, rule
 from activities.warehouse_kit.runner import (
     DEFAULT_RETRY_BOUND_SECONDS,
     DEFAULT_SETTLE_SECONDS,
+    DEFAULT_TRACK_BOUND_SECONDS,
     DEFAULT_UNREACHABLE_BOUND_SECONDS,
     MIN_AVAILABLE,
     KitSetupError,
@@ -125,6 +126,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="how long a call failing retryably (WarehouseUnavailable, OSError, TimeoutError) "
         "is retried, as the activities do, before the kit gives up on it (default: %(default)s)",
     )
+    check.add_argument(
+        "--track-bound",
+        type=_seconds,
+        default=DEFAULT_TRACK_BOUND_SECONDS,
+        metavar="SECONDS",
+        help="how long a shipped parcel is followed until it is delivered; one that is not is "
+        "not checked (default: %(default)s)",
+    )
     return parser, check
 
 
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 settle_seconds=args.settle,
                 unreachable_bound_seconds=args.unreachable_bound,
                 retry_bound_seconds=args.retry_bound,
+                track_bound_seconds=args.track_bound,
             )
         )
     except KitSetupError as err:

@@ -29,6 +29,7 @@ from activities.warehouse_kit.clauses import CLAUSES
 from activities.warehouse_kit.runner import (
     DEFAULT_RETRY_BOUND_SECONDS,
     DEFAULT_SETTLE_SECONDS,
+    DEFAULT_TRACK_BOUND_SECONDS,
     KitSetupError,
     run_kit,
 )
@@ -47,6 +48,8 @@ class KitTarget:
     unreachable: WarehouseFactory | None = None
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     retry_bound_seconds: float = DEFAULT_RETRY_BOUND_SECONDS
+    # A parcel not delivered within it leaves tracking_never_goes_back not run (a failure here).
+    track_bound_seconds: float = DEFAULT_TRACK_BOUND_SECONDS
 
 
 @pytest.fixture
@@ -83,6 +86,7 @@ def warehouse_kit_tests(
             unreachable=kit_target.unreachable,
             settle_seconds=kit_target.settle_seconds,
             retry_bound_seconds=kit_target.retry_bound_seconds,
+            track_bound_seconds=kit_target.track_bound_seconds,
         )
         (result,) = report.clauses
         if result.status != "held":

@@ -38,6 +38,8 @@ DEFAULT_UNREACHABLE_BOUND_SECONDS = 10.0
 # How long a call that fails retryably (a blip, `202 Accepted`) is retried, as the activities
 # do, before the kit gives up on its answer.
 DEFAULT_RETRY_BOUND_SECONDS = 10.0
+# How long the kit follows a shipped parcel, waiting for it to move and be delivered.
+DEFAULT_TRACK_BOUND_SECONDS = 5.0
 # A clause still running after this, beyond its own waits, is broken: some call hangs.
 DEFAULT_CLAUSE_TIMEOUT_SECONDS = 120.0
 # Available units each SKU needs: a run holds up to half the invoice races' 20 units of a SKU at
@@ -146,6 +148,7 @@ async def run_kit(
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     unreachable_bound_seconds: float = DEFAULT_UNREACHABLE_BOUND_SECONDS,
     retry_bound_seconds: float = DEFAULT_RETRY_BOUND_SECONDS,
+    track_bound_seconds: float = DEFAULT_TRACK_BOUND_SECONDS,
     clause_timeout_seconds: float = DEFAULT_CLAUSE_TIMEOUT_SECONDS,
 ) -> KitReport:
     """Drive an adapter through the contract's clauses.
@@ -161,8 +164,9 @@ async def run_kit(
         unreachable_bound_seconds: How soon each call to the down system must fail.
         retry_bound_seconds: How long a call failing retryably is retried before the kit gives
             up on its answer.
+        track_bound_seconds: How long a shipped parcel is followed until it is delivered.
         clause_timeout_seconds: A clause still running after this, not counting its own waits
-            (the settle time), is broken.
+            (the settle time, the parcel's progress), is broken.
 
     Raises:
         KitSetupError: Nothing could be checked (see its message).
@@ -172,6 +176,7 @@ async def run_kit(
         settle_seconds=settle_seconds,
         unreachable_bound_seconds=unreachable_bound_seconds,
         retry_bound_seconds=retry_bound_seconds,
+        track_bound_seconds=track_bound_seconds,
         clause_timeout_seconds=clause_timeout_seconds,
     )
     distinct = list(dict.fromkeys(skus))
@@ -193,6 +198,7 @@ async def run_kit(
             unreachable=unreachable,
             unreachable_bound_seconds=unreachable_bound_seconds,
             retry_bound_seconds=retry_bound_seconds,
+            track_bound_seconds=track_bound_seconds,
         )
 
     await _check_stock(make_warehouse, trial_of)

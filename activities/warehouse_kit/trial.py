@@ -242,6 +242,7 @@ class Trial:
         unreachable_bound_seconds: How soon a call to that system must fail.
         retry_bound_seconds: How long a call failing retryably is retried before the kit gives
             up on its answer.
+        track_bound_seconds: How long a shipped parcel is followed until it is delivered.
     """
 
     def __init__(
@@ -255,6 +256,7 @@ class Trial:
         unreachable: WarehouseFactory | None,
         unreachable_bound_seconds: float,
         retry_bound_seconds: float,
+        track_bound_seconds: float,
     ) -> None:
         self.started = time.monotonic()
         self.calls: list[Call] = []
@@ -266,6 +268,7 @@ class Trial:
         self.settle_seconds = settle_seconds
         self.unreachable = unreachable
         self.unreachable_bound_seconds = unreachable_bound_seconds
+        self.track_bound_seconds = track_bound_seconds
         # The seconds the clause spent waiting on purpose (see `pause`): not the adapter's time.
         self.paused_seconds = 0.0
         self._order_numbers = order_numbers
@@ -280,7 +283,7 @@ class Trial:
         return RecordingWarehouse(warehouse, self.calls, self.started)
 
     async def pause(self, seconds: float) -> None:
-        """Wait on purpose (a settle time): the clause's timeout, which
+        """Wait on purpose (a settle time, a parcel's progress): the clause's timeout, which
         catches a call that hangs, does not count it."""
         self.paused_seconds += seconds
         await asyncio.sleep(seconds)
