@@ -10,9 +10,10 @@
 
 Each test runs one clause of activities/warehouse_kit/clauses.py against a fresh adapter and
 fails with the clause's report (what happened, what was expected, the calls) unless it holds; a
-clause the target cannot run (no `unreachable`) fails too, saying what it needs: leave it out
-with `warehouse_kit_tests(clauses=...)` rather than let it pass unchecked. The tests are
-coroutines: they need pytest-asyncio, as the connector's suite has.
+clause the target cannot run (no `unreachable`, a parcel not delivered within
+`track_bound_seconds`) fails too, saying what it needs: leave it out with
+`warehouse_kit_tests(clauses=...)` rather than let it pass unchecked. The tests are coroutines:
+they need pytest-asyncio, as the connector's suite has.
 
 PYTEST_DONT_REWRITE: this module asserts nothing (it fails with `pytest.fail`), and a suite
 imports it from the module that names it in `pytest_plugins`, before pytest could rewrite it.
