@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import textwrap
 from functools import partial
@@ -20,13 +21,29 @@ from pydantic import ValidationError
 from activities.warehouse import load_warehouse
 from activities.warehouse_kit.clauses import CLAUSES, rule
 from activities.warehouse_kit.runner import (
+    DEFAULT_RETRY_BOUND_SECONDS,
     DEFAULT_SETTLE_SECONDS,
+    DEFAULT_TRACK_BOUND_SECONDS,
     DEFAULT_UNREACHABLE_BOUND_SECONDS,
     MIN_AVAILABLE,
     KitSetupError,
     run_kit,
 )
 from config import Settings
+
+
+def _seconds(text: str) -> float:
+    """A duration option: a finite number of seconds, 0 or more (`nan` would never end a wait,
+    and the kit would blame the adapter for it)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds: give a finite number, 0 or more"
+        )
+    return seconds
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -89,17 +106,33 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     check.add_argument(
         "--settle",
-        type=float,
+        type=_seconds,
         default=DEFAULT_SETTLE_SECONDS,
         metavar="SECONDS",
         help="how long a cancelled call may take to commit on the far side (default: %(default)s)",
     )
     check.add_argument(
         "--unreachable-bound",
-        type=float,
+        type=_seconds,
         default=DEFAULT_UNREACHABLE_BOUND_SECONDS,
         metavar="SECONDS",
         help="how soon a call to the down system must fail (default: %(default)s)",
+    )
+    check.add_argument(
+        "--retry-bound",
+        type=_seconds,
+        default=DEFAULT_RETRY_BOUND_SECONDS,
+        metavar="SECONDS",
+        help="how long a call failing retryably (WarehouseUnavailable, OSError, TimeoutError) "
+        "is retried, as the activities do, before the kit gives up on it (default: %(default)s)",
+    )
+    check.add_argument(
+        "--track-bound",
+        type=_seconds,
+        default=DEFAULT_TRACK_BOUND_SECONDS,
+        metavar="SECONDS",
+        help="how long a shipped parcel is followed until it is delivered; one that is not is "
+        "not checked (default: %(default)s)",
     )
     return parser, check
 
@@ -147,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 unreachable=make_unreachable,
                 settle_seconds=args.settle,
                 unreachable_bound_seconds=args.unreachable_bound,
+                retry_bound_seconds=args.retry_bound,
+                track_bound_seconds=args.track_bound,
             )
         )
     except KitSetupError as err:

@@ -10,9 +10,10 @@
 
 Each test runs one clause of activities/warehouse_kit/clauses.py against a fresh adapter and
 fails with the clause's report (what happened, what was expected, the calls) unless it holds; a
-clause the target cannot run (no `unreachable`) fails too, saying what it needs: leave it out
-with `warehouse_kit_tests(clauses=...)` rather than let it pass unchecked. The tests are
-coroutines: they need pytest-asyncio, as the connector's suite has.
+clause the target cannot run (no `unreachable`, a parcel not delivered within
+`track_bound_seconds`) fails too, saying what it needs: leave it out with
+`warehouse_kit_tests(clauses=...)` rather than let it pass unchecked. The tests are coroutines:
+they need pytest-asyncio, as the connector's suite has.
 
 PYTEST_DONT_REWRITE: this module asserts nothing (it fails with `pytest.fail`), and a suite
 imports it from the module that names it in `pytest_plugins`, before pytest could rewrite it.
@@ -26,7 +27,13 @@ from dataclasses import dataclass
 import pytest
 
 from activities.warehouse_kit.clauses import CLAUSES
-from activities.warehouse_kit.runner import DEFAULT_SETTLE_SECONDS, KitSetupError, run_kit
+from activities.warehouse_kit.runner import (
+    DEFAULT_RETRY_BOUND_SECONDS,
+    DEFAULT_SETTLE_SECONDS,
+    DEFAULT_TRACK_BOUND_SECONDS,
+    KitSetupError,
+    run_kit,
+)
 from activities.warehouse_kit.trial import WarehouseFactory
 
 
@@ -41,6 +48,9 @@ class KitTarget:
     # Builds it pointed at a system that is down; None: that clause cannot run.
     unreachable: WarehouseFactory | None = None
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    retry_bound_seconds: float = DEFAULT_RETRY_BOUND_SECONDS
+    # A parcel not delivered within it leaves tracking_never_goes_back not run (a failure here).
+    track_bound_seconds: float = DEFAULT_TRACK_BOUND_SECONDS
 
 
 @pytest.fixture
@@ -76,6 +86,8 @@ def warehouse_kit_tests(
             clauses=[warehouse_kit_clause],
             unreachable=kit_target.unreachable,
             settle_seconds=kit_target.settle_seconds,
+            retry_bound_seconds=kit_target.retry_bound_seconds,
+            track_bound_seconds=kit_target.track_bound_seconds,
         )
         (result,) = report.clauses
         if result.status != "held":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -15,14 +16,18 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Literal
 
-from activities.warehouse import Warehouse
+from activities.warehouse import Warehouse, WarehouseError
 from activities.warehouse_kit.clauses import CLAUSES, rule
 from activities.warehouse_kit.trial import (
     Broken,
+    Call,
+    KeptFailing,
     NotRun,
+    RecordingWarehouse,
     Trial,
     WarehouseFactory,
     build,
+    is_stock_probe,
 )
 
 # How long a call cut off by a cancel may take to commit on the far side (a request already
@@ -30,7 +35,12 @@ from activities.warehouse_kit.trial import (
 DEFAULT_SETTLE_SECONDS = 0.2
 # How soon a call to a system that is down must fail.
 DEFAULT_UNREACHABLE_BOUND_SECONDS = 10.0
-# A clause still running after this is broken: some call hangs.
+# How long a call that fails retryably (a blip, `202 Accepted`) is retried, as the activities
+# do, before the kit gives up on its answer.
+DEFAULT_RETRY_BOUND_SECONDS = 10.0
+# How long the kit follows a shipped parcel, waiting for it to move and be delivered.
+DEFAULT_TRACK_BOUND_SECONDS = 5.0
+# A clause still running after this, beyond its own waits, is broken: some call hangs.
 DEFAULT_CLAUSE_TIMEOUT_SECONDS = 120.0
 # Available units each SKU needs: a run holds up to half the invoice races' 20 units of a SKU at
 # once, and ships up to 20 units of the first SKU (the invoices it issues cannot be undone).
@@ -137,6 +147,8 @@ async def run_kit(
     unreachable: WarehouseFactory | None = None,
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     unreachable_bound_seconds: float = DEFAULT_UNREACHABLE_BOUND_SECONDS,
+    retry_bound_seconds: float = DEFAULT_RETRY_BOUND_SECONDS,
+    track_bound_seconds: float = DEFAULT_TRACK_BOUND_SECONDS,
     clause_timeout_seconds: float = DEFAULT_CLAUSE_TIMEOUT_SECONDS,
 ) -> KitReport:
     """Drive an adapter through the contract's clauses.
@@ -150,12 +162,23 @@ async def run_kit(
             clause that needs it is not run.
         settle_seconds: How long a cancelled call may take to commit on the far side.
         unreachable_bound_seconds: How soon each call to the down system must fail.
-        clause_timeout_seconds: A clause still running after this is broken.
+        retry_bound_seconds: How long a call failing retryably is retried before the kit gives
+            up on its answer.
+        track_bound_seconds: How long a shipped parcel is followed until it is delivered.
+        clause_timeout_seconds: A clause still running after this, not counting its own waits
+            (the settle time, the parcel's progress), is broken.
 
     Raises:
         KitSetupError: Nothing could be checked (see its message).
     """
     names = _chosen(clauses)
+    _check_durations(
+        settle_seconds=settle_seconds,
+        unreachable_bound_seconds=unreachable_bound_seconds,
+        retry_bound_seconds=retry_bound_seconds,
+        track_bound_seconds=track_bound_seconds,
+        clause_timeout_seconds=clause_timeout_seconds,
+    )
     distinct = list(dict.fromkeys(skus))
     if len(distinct) < 2:
         raise KitSetupError(
@@ -174,6 +197,8 @@ async def run_kit(
             settle_seconds=settle_seconds,
             unreachable=unreachable,
             unreachable_bound_seconds=unreachable_bound_seconds,
+            retry_bound_seconds=retry_bound_seconds,
+            track_bound_seconds=track_bound_seconds,
         )
 
     await _check_stock(make_warehouse, trial_of)
@@ -181,6 +206,14 @@ async def run_kit(
     for name in names:
         results.append(await _run_clause(name, make_warehouse, trial_of, clause_timeout_seconds))
     return KitReport(run_id, tuple(distinct), tuple(results))
+
+
+def _check_durations(**seconds: float) -> None:
+    """Refuse a duration that is no number of seconds: `nan` never ends a wait, `inf` neither,
+    and a negative one is no time at all."""
+    for name, value in seconds.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise KitSetupError(f"{name} must be a finite number of seconds >= 0, got {value}")
 
 
 async def _check_stock(make_warehouse: WarehouseFactory, trial_of: TrialMaker) -> None:
@@ -207,6 +240,8 @@ async def _check_stock(make_warehouse: WarehouseFactory, trial_of: TrialMaker) -
                     f"{MIN_AVAILABLE} of each SKU (restock it, or name another with --sku)"
                 )
     finally:
+        # A probe the adapter did not refuse holds what it reserved.
+        await _clean_up(trial)
         await _close(warehouse)
 
 
@@ -225,32 +260,16 @@ async def _run_clause(
             seconds=time.monotonic() - started,
         )
     trial = trial_of(warehouse)
-    deadline = asyncio.timeout(timeout_seconds)
     result: ClauseResult | None = None
+    clause = asyncio.ensure_future(CLAUSES[name](trial))
     try:
-        async with deadline:
-            summary = await CLAUSES[name](trial)
-        result = ClauseResult(name, "held", summary)
-    except NotRun as missing:
-        result = ClauseResult(name, "not run", str(missing))
-    except Broken as breach:
-        result = ClauseResult(
-            name, "broken", breach.what, breach.expected, _shown(trial, breach.since, breach.orders)
-        )
-    except Exception as err:
-        since = trial.failed_case_start or 0
-        if deadline.expired():
-            last = f"; the last call started: {trial.calls[-1]}" if trial.calls else ""
-            what = f"still running after {timeout_seconds}s{last}"
-            expected = "every call answers, or fails, in bounded time"
+        hanging = await _hanging_at_deadline(clause, trial, timeout_seconds)
+        if hanging is not None:
+            result = await _timed_out(name, clause, trial, hanging, timeout_seconds)
         else:
-            what = _unexpected(trial, err)
-            expected = (
-                "the contract's answer, not an error it does not name (which ends the order's "
-                f"step for good): {rule(name)}"
-            )
-        result = ClauseResult(name, "broken", what, expected, _shown(trial, since, frozenset()))
+            result = _ended(name, clause, trial)
     finally:
+        clause.cancel()
         if result is None or result.status == "broken":
             await _clean_up(trial)
         await _close(warehouse)
@@ -262,6 +281,76 @@ async def _run_clause(
         result.calls,
         time.monotonic() - started,
     )
+
+
+async def _hanging_at_deadline(
+    clause: asyncio.Future[str], trial: Trial, timeout_seconds: float
+) -> list[Call] | None:
+    """Wait for the clause to end; None if it did within its time (its own waits not
+    counted), else the calls still running when that time was up."""
+    while not clause.done():
+        remaining = trial.started + timeout_seconds + trial.paused_seconds - time.monotonic()
+        if remaining <= 0:
+            return [call for call in trial.calls if call.outcome == "still running"]
+        await asyncio.wait({clause}, timeout=remaining)
+    return None
+
+
+async def _timed_out(
+    name: str, clause: asyncio.Future[str], trial: Trial, hanging: list[Call], seconds: float
+) -> ClauseResult:
+    """The clause broken by the calls that hang, named as they were when its time was up (the
+    cancel that follows ends them all)."""
+    running = "; ".join(map(str, hanging)) or "no call of the adapter (the kit's own wait)"
+    clause.cancel()
+    await asyncio.wait({clause}, timeout=CLEAN_UP_BOUND_SECONDS)
+    for call in hanging:
+        call.outcome = f"still running after {seconds}s, then cancelled by the kit"
+    since = next((i for i, call in enumerate(trial.calls) if hanging and call is hanging[0]), 0)
+    return ClauseResult(
+        name,
+        "broken",
+        f"still running after {seconds}s: {running}",
+        "every call answers, or fails, in bounded time",
+        _shown(trial, since, frozenset()),
+    )
+
+
+def _ended(name: str, clause: asyncio.Future[str], trial: Trial) -> ClauseResult:
+    """How a clause that ended went."""
+    try:
+        return ClauseResult(name, "held", clause.result())
+    except NotRun as missing:
+        return ClauseResult(name, "not run", str(missing))
+    except Broken as breach:
+        calls = _shown(trial, breach.since, breach.orders)
+        return ClauseResult(name, "broken", breach.what, breach.expected, calls)
+    except KeptFailing as failing:
+        since = trial.failed_case_start or 0
+        return ClauseResult(
+            name,
+            "broken",
+            str(failing),
+            "an answer once retried: the activities retry WarehouseUnavailable, OSError and "
+            "TimeoutError with backoff, and a failure that does not pass holds the order's step "
+            "until its timeout (the kit retries each call for --retry-bound seconds)",
+            _shown(trial, since, frozenset()),
+        )
+    except Exception as err:
+        since = trial.failed_case_start or 0
+        if isinstance(err, WarehouseError):
+            expected = (
+                "the contract's answer, not a refusal it does not call for (a refusal ends the "
+                f"order's step: the order is canceled): {rule(name)}"
+            )
+        else:
+            expected = (
+                "the contract's answer, not an exception it does not name (a fault: it ends the "
+                f"order's step for good, the order canceled): {rule(name)}"
+            )
+        return ClauseResult(
+            name, "broken", _unexpected(trial, err), expected, _shown(trial, since, frozenset())
+        )
 
 
 def _unexpected(trial: Trial, err: Exception) -> str:
@@ -285,10 +374,12 @@ def _shown(trial: Trial, since: int | None, orders: frozenset[str]) -> tuple[str
 
 async def _clean_up(trial: Trial) -> None:
     """Give back what a broken clause left held: void and release each of its orders (an
-    invoiced one stays shipped), best effort, through the adapter unrecorded."""
-    warehouse = trial.warehouse.inner
+    invoiced one stays shipped), best effort, through the adapter, retried but unrecorded."""
+    warehouse = RecordingWarehouse(trial.warehouse.inner, [], trial.started, CLEAN_UP_BOUND_SECONDS)
     for order_id in reversed(trial.reserved_orders()):
-        for undo in (warehouse.void_label, warehouse.release):
+        # A stock probe has no label to void.
+        undos = [warehouse.release] if is_stock_probe(order_id) else []
+        for undo in undos or [warehouse.void_label, warehouse.release]:
             with suppress(Exception):
                 async with asyncio.timeout(CLEAN_UP_BOUND_SECONDS):
                     await undo(order_id)

@@ -9,8 +9,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
+from activities.fulfillment import TRANSIENT_ERRORS
 from activities.warehouse import (
     Invoice,
     OutOfStock,
@@ -27,9 +29,17 @@ T = TypeVar("T")
 # A factory of the adapter under test: sync or async, called with no argument.
 WarehouseFactory = Callable[[], Warehouse | Awaitable[Warehouse]]
 
+# What names the kit's stock probes' orders (`kit-<run>-stock<n>`).
+STOCK_PROBE = "stock"
 # Reserving this much of a SKU is refused with `OutOfStock`, whose `available` is the SKU's stock:
 # the only way to read stock that the protocol offers.
 ABSURD_QUANTITY = 1_000_000_000
+
+# A call that fails retryably is tried again after this pause, doubled each time up to the
+# longest (the activities back off the same way, from 1 s up to 30 s: the kit, which waits for
+# each answer, starts sooner).
+FIRST_RETRY_PAUSE_SECONDS = 0.01
+LONGEST_RETRY_PAUSE_SECONDS = 1.0
 
 # Where the kit's orders are shipped: a plausible Brazilian address, so that an adapter whose
 # carrier validates one buys its label.
@@ -53,6 +63,11 @@ async def build(factory: WarehouseFactory) -> Warehouse:
     return built
 
 
+def is_stock_probe(order_id: str) -> bool:
+    """Whether the order is one of the kit's stock probes (see `Trial.available`)."""
+    return order_id.rpartition("-")[2].startswith(STOCK_PROBE)
+
+
 class Broken(Exception):
     """A clause's rule does not hold.
 
@@ -73,6 +88,11 @@ class Broken(Exception):
 
 class NotRun(Exception):
     """The clause needs something this run was not given; the message says how to give it."""
+
+
+class KeptFailing(Exception):
+    """A call still failed retryably (`WarehouseUnavailable`, `OSError`, `TimeoutError`) when
+    the kit's retries of it ran out: the kit has no answer to judge."""
 
 
 @dataclass
@@ -118,54 +138,95 @@ def _lines(lines: list[OrderLine]) -> str:
 
 
 class RecordingWarehouse:
-    """The adapter under test, each call written to a shared list as it starts and as it ends."""
+    """The adapter under test, each call written to a shared list as it starts and as it ends.
 
-    def __init__(self, inner: Warehouse, calls: list[Call], started: float) -> None:
+    Args:
+        inner: The adapter.
+        calls: Where each call is written.
+        started: When the clause started (`time.monotonic()`), for each call's time.
+        retry_bound_seconds: A call that fails retryably is tried again, with backoff, for this
+            long, as the activities retry it, before `KeptFailing` is raised; None: not retried
+            (what such a failure is, is then the point).
+    """
+
+    def __init__(
+        self,
+        inner: Warehouse,
+        calls: list[Call],
+        started: float,
+        retry_bound_seconds: float | None = None,
+    ) -> None:
         self.inner = inner
         self.calls = calls
         self._started = started
+        self._retry_bound_seconds = retry_bound_seconds
 
-    async def _record(self, method: str, order_id: str, arguments: str, call: Awaitable[T]) -> T:
-        entry = Call(time.monotonic() - self._started, method, order_id, arguments)
-        self.calls.append(entry)
-        try:
-            result = await call
-        except BaseException as err:
-            entry.outcome = describe(err)
-            raise
-        entry.outcome = describe(result)
-        return result
+    async def _record(
+        self, method: str, order_id: str, arguments: str, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        first_try = time.monotonic()
+        pause = FIRST_RETRY_PAUSE_SECONDS
+        tries = 0
+        while True:
+            tries += 1
+            entry = Call(time.monotonic() - self._started, method, order_id, arguments)
+            self.calls.append(entry)
+            try:
+                result = await call()
+            except TRANSIENT_ERRORS as err:
+                entry.outcome = describe(err)
+                bound = self._retry_bound_seconds
+                if bound is None:
+                    raise
+                if time.monotonic() + pause - first_try > bound:
+                    raise KeptFailing(
+                        f"{method}({arguments}) still failed retryably after {tries} "
+                        f"tries over {time.monotonic() - first_try:.1f}s, the last "
+                        f"{entry.outcome}"
+                    ) from err
+                entry.outcome += ", retried"
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LONGEST_RETRY_PAUSE_SECONDS)
+                continue
+            except BaseException as err:
+                entry.outcome = describe(err)
+                raise
+            entry.outcome = describe(result)
+            return result
 
     async def reserve(self, order: WarehouseOrder) -> Reservation:
         arguments = f"{order.order_id}: {_lines(order.lines)}"
-        return await self._record("reserve", order.order_id, arguments, self.inner.reserve(order))
+        call = partial(self.inner.reserve, order)
+        return await self._record("reserve", order.order_id, arguments, call)
 
     async def pick(self, order_id: str) -> None:
-        await self._record("pick", order_id, order_id, self.inner.pick(order_id))
+        await self._record("pick", order_id, order_id, partial(self.inner.pick, order_id))
 
     async def pack(self, order_id: str) -> None:
-        await self._record("pack", order_id, order_id, self.inner.pack(order_id))
+        await self._record("pack", order_id, order_id, partial(self.inner.pack, order_id))
 
     async def create_label(self, order: WarehouseOrder) -> ShippingLabel:
-        call = self.inner.create_label(order)
+        call = partial(self.inner.create_label, order)
         return await self._record("create_label", order.order_id, order.order_id, call)
 
     async def issue_invoice(self, order: WarehouseOrder) -> Invoice:
-        call = self.inner.issue_invoice(order)
+        call = partial(self.inner.issue_invoice, order)
         return await self._record("issue_invoice", order.order_id, order.order_id, call)
 
     async def release(self, order_id: str) -> bool:
-        return await self._record("release", order_id, order_id, self.inner.release(order_id))
+        call = partial(self.inner.release, order_id)
+        return await self._record("release", order_id, order_id, call)
 
     async def void_label(self, order_id: str) -> bool:
-        return await self._record("void_label", order_id, order_id, self.inner.void_label(order_id))
+        call = partial(self.inner.void_label, order_id)
+        return await self._record("void_label", order_id, order_id, call)
 
     async def track(self, order: WarehouseOrder) -> ParcelStatus:
-        call = self.inner.track(order)
+        call = partial(self.inner.track, order)
         return await self._record("track", order.order_id, order.order_id, call)
 
     async def close(self) -> None:
-        await self._record("close", "", "", self.inner.close())
+        await self._record("close", "", "", self.inner.close)
 
 
 class Trial:
@@ -179,6 +240,9 @@ class Trial:
         settle_seconds: How long a call cancelled mid-way may take to commit on the far side.
         unreachable: Builds the adapter pointed at a system that is down, or None.
         unreachable_bound_seconds: How soon a call to that system must fail.
+        retry_bound_seconds: How long a call failing retryably is retried before the kit gives
+            up on its answer.
+        track_bound_seconds: How long a shipped parcel is followed until it is delivered.
     """
 
     def __init__(
@@ -191,15 +255,22 @@ class Trial:
         settle_seconds: float,
         unreachable: WarehouseFactory | None,
         unreachable_bound_seconds: float,
+        retry_bound_seconds: float,
+        track_bound_seconds: float,
     ) -> None:
         self.started = time.monotonic()
         self.calls: list[Call] = []
-        self.warehouse = RecordingWarehouse(warehouse, self.calls, self.started)
+        self.warehouse = RecordingWarehouse(
+            warehouse, self.calls, self.started, retry_bound_seconds
+        )
         self.run_id = run_id
         self.skus = skus
         self.settle_seconds = settle_seconds
         self.unreachable = unreachable
         self.unreachable_bound_seconds = unreachable_bound_seconds
+        self.track_bound_seconds = track_bound_seconds
+        # The seconds the clause spent waiting on purpose (see `pause`): not the adapter's time.
+        self.paused_seconds = 0.0
         self._order_numbers = order_numbers
         # Where the current case's calls start (see `case`), and those of the case an
         # unexpected error left.
@@ -207,8 +278,15 @@ class Trial:
         self.failed_case_start: int | None = None
 
     def recorded(self, warehouse: Warehouse) -> RecordingWarehouse:
-        """Another adapter (the unreachable one), its calls recorded with this clause's."""
+        """Another adapter (the unreachable one), its calls recorded with this clause's and
+        not retried."""
         return RecordingWarehouse(warehouse, self.calls, self.started)
+
+    async def pause(self, seconds: float) -> None:
+        """Wait on purpose (a settle time, a parcel's progress): the clause's timeout, which
+        catches a call that hangs, does not count it."""
+        self.paused_seconds += seconds
+        await asyncio.sleep(seconds)
 
     def order(self, *lines: tuple[str, int], purpose: str = "") -> WarehouseOrder:
         """A fresh order of (SKU, quantity) lines, under an id no run used before."""
@@ -241,12 +319,18 @@ class Trial:
             self.case_start = previous
 
     def reserved_orders(self) -> list[str]:
-        """Every order this clause asked to reserve (stock probes aside), first asked first."""
+        """Every order this clause asked to reserve, first asked first: a stock probe only if
+        it was not refused (then it may hold a billion units)."""
+        refused_probes = {
+            call.order_id
+            for call in self.calls
+            if is_stock_probe(call.order_id) and call.outcome.startswith("raised OutOfStock")
+        }
         return list(
             dict.fromkeys(
                 call.order_id
                 for call in self.calls
-                if call.method == "reserve" and "-stock" not in call.order_id
+                if call.method == "reserve" and call.order_id not in refused_probes
             )
         )
 
@@ -257,7 +341,7 @@ class Trial:
         Raises:
             Broken: The adapter did not refuse it so, and the kit cannot read its stock.
         """
-        probe = self.order((sku, ABSURD_QUANTITY), purpose="stock")
+        probe = self.order((sku, ABSURD_QUANTITY), purpose=STOCK_PROBE)
         expected = (
             f"OutOfStock(sku={sku!r}, requested={ABSURD_QUANTITY}, available=<the SKU's stock>): "
             "the kit reads stock levels from it"
@@ -273,10 +357,18 @@ class Trial:
                     [probe.order_id],
                 ) from None
             return refusal.available
-        # It holds an absurd quantity: give it back before saying so.
-        await self.warehouse.release(probe.order_id)
+        # It holds an absurd quantity: give it back before saying so (and say so if it could
+        # not: the clause's clean-up tries again).
+        given_back = ""
+        try:
+            await self.warehouse.release(probe.order_id)
+        except Exception as err:
+            given_back = (
+                f"; giving it back raised {type(err).__name__}: {err} (if the kit's clean-up "
+                f"fails too, release order {probe.order_id} by hand)"
+            )
         raise Broken(
-            f"reserve of {ABSURD_QUANTITY} of {sku} answered {describe(reservation)}",
+            f"reserve of {ABSURD_QUANTITY} of {sku} answered {describe(reservation)}{given_back}",
             expected,
             [probe.order_id],
         )
