@@ -9,7 +9,9 @@ the warehouse HTTP API (`WAREHOUSE=http`, activities/http_warehouse.py). The def
 The contract every implementation keeps:
 - Every method is idempotent per `order_id`: Temporal retries an activity after a crash or a
   timeout, and the second call must answer what the first did (the same label, the same invoice
-  number) without doing the work twice.
+  number) without doing the work twice, even when the two overlap. `release` and `void_label`
+  repeated may answer False (nothing left) or True again (the first answer, replayed): either
+  way the stock comes back, and the label is voided, once.
 - Any call may be cancelled (`asyncio.CancelledError`) while it runs: a marketplace cancellation
   stops the step mid-way. A cancelled call leaves either nothing behind or something that
   `release` and `void_label` undo.
