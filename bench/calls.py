@@ -35,6 +35,8 @@ from devtools.processes import Process, ProcessStack
 from workflows import ids
 
 CALLS = ("placement", "dispatch", "cancel")
+# Far more than any run sells: stock never runs out.
+STOCK = 10_000_000
 VARIANTS = ("floor", "http", "trivial")
 
 
@@ -102,6 +104,18 @@ class Meter:
             role: round((after[role] - before.get(role, 0.0)) * 1000 / max(ops, 1), 2)
             for role in after
         }
+
+
+def settings_for(stack: ProcessStack) -> Settings:
+    """The API's settings, read from the environment the stack gives the API."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(stack.api.env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 # --- load shapes ----------------------------------------------------------------------------------

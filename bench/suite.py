@@ -49,9 +49,10 @@ from temporalio.api.enums.v1 import EventType
 
 from api import order_calls
 from api.models import OrderPlacement, RequestOrderId
-from bench import simulation_load
+from bench import capacity, simulation_load, whole_orders
 from bench.calls import (
     CALLS,
+    STOCK,
     VARIANTS,
     Bench,
     Http,
@@ -60,62 +61,21 @@ from bench.calls import (
     new_id,
     percentile,
     rss_mb,
+    settings_for,
     uptime,
 )
 from bench.trivial_worker import READY_TEXT
-from config import Settings
 from devtools.processes import ROOT, ProcessStack
 from worker import connect
 from workflows import ids
 from workflows.order import OrderWorkflow
 
 RESULTS = ROOT / "bench" / "results.json"
-# Far more than any run sells: stock never runs out.
-STOCK = 10_000_000
 
 
 class OrderBench(Bench):
     """The calls' bench (bench/calls.py), and whole orders: from placement to invoice, with more
     workers, from a cancellation to its step's abort."""
-
-    async def end_to_end(self, count: int) -> tuple[dict[str, Any], str]:
-        """`count` orders placed then dispatched over HTTP (`--concurrency` at once), waited for
-        until invoiced: orders per second and CPU seconds per order in each process."""
-        await self.settle()
-        order_ids = [new_id() for _ in range(count)]
-        gate = asyncio.Semaphore(self.args.concurrency)
-
-        async def order(order_id: str) -> None:
-            async with gate:
-                await self.http.call("POST", "/pvt/orders", self.placement_body(order_id))
-                await self.http.call(
-                    "POST",
-                    f"/pvt/orders/SLR-{order_id}/fulfill",
-                    {"marketplaceOrderId": order_id},
-                )
-            handle = self.client.get_workflow_handle_for(
-                OrderWorkflow.run, ids.workflow_id(order_id)
-            )
-            await handle.result()
-
-        before = self.meter.snapshot()
-        started = time.perf_counter()
-        await asyncio.gather(*(order(i) for i in order_ids))
-        seconds = time.perf_counter() - started
-        after = self.meter.snapshot()
-        views = await asyncio.gather(*(self.view(i) for i in order_ids[:20]))
-        statuses = sorted({view["status"] for view in views})
-        per_order = {role: round((after[role] - before[role]) / count, 4) for role in after}
-        return (
-            {
-                "orders": count,
-                "seconds": round(seconds, 2),
-                "orders_per_second": round(count / seconds, 1),
-                "statuses": statuses,
-                "cpu_seconds_per_order": per_order,
-            },
-            order_ids[0],
-        )
 
     async def view(self, order_id: str) -> dict[str, Any]:
         """GET /pvt/orders/{orderId}."""
@@ -251,18 +211,6 @@ class OrderBench(Bench):
         }
 
 
-def settings_for(stack: ProcessStack) -> Settings:
-    """The API's settings, read from the environment the stack gives the API."""
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(stack.api.env)
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def bytecode_cache(workdir: Path, wanted: bool) -> dict[str, str]:
     """Settings that give the stack's processes a bytecode cache of their own (in `workdir`) even
     where PYTHONDONTWRITEBYTECODE is set, as on this machine and in the Dockerfile: without one,
@@ -373,6 +321,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     }
     events = results["history_events_happy_path"]
     checks["history_events_happy_path"] = {"value": events, "target": "<= 60", "met": events <= 60}
+    checks |= whole_orders.targets(results["end_to_end"], results["end_to_end_floor"])
     return checks
 
 
@@ -398,17 +347,17 @@ def table(results: dict[str, Any]) -> str:
         "fulfilled orders/s with 1, 2, 4 workers: "
         + ", ".join(f"{n}: {results['workers'][n]}" for n in ("1", "2", "4"))
     )
-    e2e = results["end_to_end"]
-    lines.append(
-        f"end to end over HTTP: {e2e['orders_per_second']} orders/s; CPU s/order: "
-        + ", ".join(f"{r} {v}" for r, v in e2e["cpu_seconds_per_order"].items())
-    )
+    lines += whole_orders.table_lines(results["end_to_end"], results["end_to_end_floor"])
     lines.append(f"happy-path history: {results['history_events_happy_path']} events")
     lines.append(f"RSS MiB: {results['rss_mb']}")
     sim = results["simulation"]
     lines.append(
         f"simulation open loop {sim['rate_rps']}/s: p50 {sim['p50_ms']} ms, p99 {sim['p99_ms']} "
         f"ms, failures {sim['failures']}"
+    )
+    lines.append(
+        f"capacity: {results['capacity_orders_per_second']} whole orders/s "
+        f"({results['capacity']['criteria']})"
     )
     lines.append("targets:")
     for name, check in results["targets"].items():
@@ -444,9 +393,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gc.freeze()
             results.update(await bench.calls())
             results["one_at_a_time_unfinished"] = bench.unfinished
-            e2e, happy = await bench.end_to_end(args.e2e_orders)
-            results["end_to_end"] = e2e
-            print(f"end to end: {e2e}", flush=True)
+            e2e, happy = await whole_orders.end_to_end(bench, args.e2e_orders)
+            results["end_to_end"], results["end_to_end_floor"] = e2e["order"], e2e["floor"]
+            print("\n".join(whole_orders.table_lines(e2e["order"], e2e["floor"])), flush=True)
             events = await bench.history(happy)
             results["history_events_happy_path"] = len(events)
             results["history_event_types"] = dict(Counter(events))
@@ -507,6 +456,11 @@ def parse_args() -> argparse.Namespace:
         help="keep PYTHONDONTWRITEBYTECODE as the environment has it (see bytecode_cache)",
     )
     parser.add_argument("--simulation-rate", type=float, default=200)
+    parser.add_argument(
+        "--capacity-args",
+        default="",
+        help="options of the capacity sweep, as one string (python -m bench.capacity --help)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--profile", help="a folder: py-spy profiles of the closed loops")
     parser.add_argument("--py-spy", default="/tmp/pyspy/bin/py-spy")
@@ -514,6 +468,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.sequential, args.closed, args.open_seconds, args.rounds = 20, 60, 2, 2
         args.e2e_orders, args.scaling_orders, args.cancels = 20, 16, 10
+        args.capacity_args = args.capacity_args or "--seconds 5 --step 4 --drain 10"
     return args
 
 
@@ -525,6 +480,10 @@ def main() -> None:
     results = asyncio.run(run(args))
     # In processes of its own (the API as `python -m api` runs it), after the rest has stopped.
     results["simulation"] = simulation_load.measure(args.simulation_rate, 10)
+    # On the soak's stack, after the rest: the highest rate of whole orders this machine serves.
+    sweep = capacity.measure(args.capacity_args.split())
+    results["capacity_orders_per_second"] = sweep.pop("capacity_orders_per_second")
+    results["capacity"] = sweep
     results["load_average_after"] = uptime()
     results["targets"] = targets(results)
     results["elapsed_seconds"] = round(time.monotonic() - started)

@@ -6,8 +6,9 @@ may rename: this is a measuring tool, never run in production) and appends one J
 event to TIMELINE_FILE: an activation handled (`act`, with its jobs), the sandbox built for a new
 workflow (`create`), the workflow code run (`activate`), the completion handed to the SDK's core
 (`complete`: for the last activation of a task, the RespondWorkflowTaskCompleted round trip), an
-activity run (`activity`). Times are time.perf_counter() (CLOCK_MONOTONIC: one clock for every
-process of the host).
+activity run (`activity`), a garbage collection (`gc`, with its generation), the event loop late
+by more than LAG_MS to wake a task (`lag`: what ran before it held the loop). Times are
+time.perf_counter() (CLOCK_MONOTONIC: one clock for every process of the host).
 
 INSTANT_RESERVATION=1 makes the simulated warehouse's reservation answer at once, without its
 database: what a placement costs when the reservation itself costs nothing.
@@ -16,6 +17,7 @@ database: what a placement costs when the reservation itself costs nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -38,6 +40,38 @@ def _log(kind: str, run_id: str, started: float, **more: Any) -> None:
         json.dumps({"k": kind, "run": run_id, "t0": started, "t1": time.perf_counter(), **more})
         + "\n"
     )
+
+
+# A wake-up later than this is logged as `lag`.
+LAG_MS = 15
+_TICK = 0.005
+_gc_started = 0.0
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _log("gc", "", _gc_started, generation=info["generation"], collected=info["collected"])
+
+
+async def _watch_loop() -> None:
+    """Sleep a tick, again and again: a wake-up late by more than LAG_MS is the loop held."""
+    while True:
+        asleep = time.perf_counter()
+        await asyncio.sleep(_TICK)
+        late = time.perf_counter() - asleep - _TICK
+        if late * 1000 > LAG_MS:
+            _log("lag", "", asleep + _TICK)
+
+
+async def _main() -> None:
+    watcher = asyncio.create_task(_watch_loop())
+    try:
+        await worker.main()
+    finally:
+        watcher.cancel()
 
 
 def _install() -> None:
@@ -89,6 +123,7 @@ def _install() -> None:
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
+    gc.callbacks.append(_on_gc)
 
     if os.environ.get("INSTANT_RESERVATION") == "1":
 
@@ -103,4 +138,4 @@ def _install() -> None:
 if __name__ == "__main__":
     configure_logging()
     _install()
-    asyncio.run(worker.main())
+    asyncio.run(_main())

@@ -1,16 +1,19 @@
-"""`python -m bench.trivial_worker`: runs bench/trivial_workflow.py's TrivialWorkflow on
-BENCH_TASK_QUEUE against TEMPORAL_ADDRESS, with the client the orders' worker builds
-(worker.connect: same data converter) and the same sandbox, until SIGTERM."""
+"""`python -m bench.trivial_worker`: runs bench/trivial_workflow.py's TrivialWorkflow and
+bench/order_floor.py's OrderFloorWorkflow (with its activities) on BENCH_TASK_QUEUE against
+TEMPORAL_ADDRESS, with the client the orders' worker builds (worker.connect: same data converter)
+and the same sandbox, until SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 
 from temporalio.worker import Worker
 
+from bench.order_floor import FLOOR_ACTIVITIES, OrderFloorWorkflow
 from bench.trivial_workflow import TrivialWorkflow
 from config import get_settings
 from logs import configure_logging
@@ -31,8 +34,16 @@ async def main() -> None:
     client = await connect(settings)
     # The orders' workers' sandbox (WORKFLOW_SANDBOX): the floor is the same SDK, set up alike.
     runner = workflow_runner(settings)
+    # As worker.py does: what is built before polling stays out of the collector's reach.
+    gc.collect()
+    gc.freeze()
     async with Worker(
-        client, task_queue=task_queue, workflows=[TrivialWorkflow], workflow_runner=runner
+        client,
+        task_queue=task_queue,
+        workflows=[TrivialWorkflow, OrderFloorWorkflow],
+        activities=list(FLOOR_ACTIVITIES),
+        workflow_runner=runner,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
     ):
         log.info("%s %s", READY_TEXT, task_queue)
         await stop.wait()

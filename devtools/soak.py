@@ -1,17 +1,21 @@
 """`make soak`: a bounded load on the real-process stack, with faults, ending in the invariant
 checker.
 
-By default 2,000 orders over 5 minutes, started at a fixed rate (open loop) on 2 workers with
-0.5 s steps. Each order is placed, then, at random: dispatched, cancelled by the marketplace at a
-random moment (before the dispatch, or after it, mid-step or too late), cancelled by an operator
-in Temporal (before or after the dispatch), or left to expire on a 20 s lockTTL. A fraction of
-every call is sent twice: both at once, or again once the first was answered, as a retry; the
-answers must be the same. Faults: a worker killed with `kill -9` at 40 % of the time and started
-again 5 s later; the marketplace killed at 60 % and kept down for 30 s. At the end every order
-must be final, and `python -m devtools.invariants --require-final` (over the marketplace's
-journal) must find nothing; the exit code is 1 otherwise.
+By default 5 minutes of orders at 60 % of this machine's capacity (`capacity_orders_per_second` in
+bench/results.json, the highest open-loop rate of whole orders `make bench` measured served with
+under 1 % of 503s and a placement p99 under 1 s), started at a fixed rate (open loop) on 2 workers
+with 0.5 s steps. `--overload` sends 2,000 orders over the 5 minutes instead (6.7/s, past that
+capacity: the API answers 503s and the schedule slips, and still nothing may be lost). Each order
+is placed, then, at random: dispatched, cancelled by the marketplace at a random moment (before the
+dispatch, or after it, mid-step or too late), cancelled by an operator in Temporal (before or after
+the dispatch), or left to expire on a 20 s lockTTL. A fraction of every call is sent twice: both at
+once, or again once the first was answered, as a retry; the answers must be the same. Faults: a
+worker killed with `kill -9` at 40 % of the time and started again 5 s later; the marketplace
+killed at 60 % and kept down for 30 s. At the end every order must be final, and `python -m
+devtools.invariants --require-final` (over the marketplace's journal) must find nothing; the exit
+code is 1 otherwise.
 
-    python -m devtools.soak [--orders 2000] [--minutes 5] [--workers 2] [--seed N]
+    python -m devtools.soak [--orders N | --overload] [--minutes 5] [--workers 2] [--seed N]
 
 Traffic goes to 127.0.0.1 only. It stops by itself: calls give up at a deadline, the wait for the
 orders is bounded, and every process is stopped at the end, whatever happens (Ctrl-C and SIGTERM
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import signal
 import subprocess
@@ -40,7 +45,7 @@ from temporalio.service import RPCError
 
 import temporal_client
 from config import Settings
-from devtools.processes import ProcessStack
+from devtools.processes import ROOT, ProcessStack
 from workflows import ids
 
 FINAL = ("invoiced", "delivered", "canceled", "expired")
@@ -346,10 +351,35 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+# The share of the measured capacity the soak runs at by default: headroom for its retries,
+# duplicates, cancellations and faults, which whole orders do not have.
+CAPACITY_SHARE = 0.6
+OVERLOAD_ORDERS = 2000
+BENCH_RESULTS = ROOT / "bench" / "results.json"
+
+
+def default_orders(minutes: float) -> int:
+    """Orders for `minutes` at CAPACITY_SHARE of the capacity bench/results.json records."""
+    capacity = json.loads(BENCH_RESULTS.read_text()).get("capacity_orders_per_second")
+    if not capacity:
+        raise SystemExit(f"soak: {BENCH_RESULTS} has no capacity_orders_per_second: make bench")
+    return max(1, round(capacity * CAPACITY_SHARE * minutes * 60))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and soak."""
     parser = argparse.ArgumentParser(description="A bounded soak of the seller connector.")
-    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument(
+        "--orders",
+        type=int,
+        help=f"orders over --minutes (default: {CAPACITY_SHARE:.0%} of the capacity in "
+        "bench/results.json)",
+    )
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help=f"{OVERLOAD_ORDERS} orders over 5 minutes: past this machine's capacity",
+    )
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-seconds", type=float, default=0.5)
@@ -362,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", help="where the processes' logs and databases go")
     args = parser.parse_args(argv)
+    if args.overload and args.orders:
+        parser.error("--overload sets the orders: give one or the other")
+    if args.overload:
+        args.orders = OVERLOAD_ORDERS * args.minutes / 5
+    args.orders = round(args.orders or default_orders(args.minutes))
     if args.orders < 1 or args.minutes <= 0 or args.workers < 1:
         parser.error("--orders, --minutes and --workers must be positive")
     signal.signal(signal.SIGTERM, _interrupt)

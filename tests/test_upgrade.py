@@ -82,7 +82,9 @@ async def test_orders_in_flight_on_the_release_are_finished_by_this_version(
         tmp_path / "stack",
         workers=0,
         step_seconds=1.0,
-        env={"TRACKING_POLL_INTERVAL": "1s", "CARRIER_DELIVERY_TIME": "4s"},
+        # The parcel is delivered long enough after the invoice that the order following it is
+        # still in flight at the upgrade, however loaded the machine (4 s was not, under the suite).
+        env={"TRACKING_POLL_INTERVAL": "1s", "CARRIER_DELIVERY_TIME": "10s"},
     )
     released_worker = stack.add_worker(start=False, cwd=release)
     stack.api.cwd = release
@@ -96,6 +98,8 @@ async def test_orders_in_flight_on_the_release_are_finished_by_this_version(
         assert (await dispatch(http, stepping)).status_code == 200
         assert (await dispatch(http, canceled)).status_code == 200
         await until(http, stepping, lambda o: o["currentStep"] == "pack")
+        before = (await http.get(f"/pvt/orders/{ids.seller_order_id(following)}")).json()
+        assert before["status"] == "invoiced", f"{following} is no longer in flight: {before}"
 
         # The upgrade: the release's worker and API die; this version's take over.
         await asyncio.to_thread(released_worker.kill9)
