@@ -67,11 +67,11 @@ readme: $(STAMP)
 
 ## bench: throughput and latency of the whole stack on this machine.
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
-## soak: 2,000 orders over 5 minutes on real processes, a worker and the marketplace killed; then the invariant checker.
+## soak: 5 minutes of orders at a third of the capacity make bench measured (SOAK_ARGS=--overload: 2,000), a worker and the marketplace killed; then the invariant checker.
 soak: $(STAMP)
-	$(PY) -m devtools.soak
+	$(PY) -m devtools.soak $(SOAK_ARGS)
 
 ## deploy-test: the real docker-compose.yml brought up with Docker on this machine (docs/production.md).
 deploy-test: $(STAMP)

@@ -451,14 +451,19 @@ class Bench:
         return samples
 
     @contextlib.contextmanager
-    def profiling(self, name: str) -> Iterator[None]:
-        """py-spy on the API, the worker and this process while the block runs (--profile)."""
-        if self.profile_dir is None or "closed" not in name or "trivial" in name:
+    def profiling(self, name: str, pids: dict[str, int] | None = None) -> Iterator[None]:
+        """py-spy (--profile) while the block runs: on `pids` (role: pid), or for a closed loop on
+        the API, the worker and this process."""
+        if self.profile_dir is None or (
+            pids is None and ("closed" not in name or "trivial" in name)
+        ):
             yield
             return
-        targets = {"api": self.stack.api.pid, "loadgen": os.getpid()}
-        if self.stack.workers:
-            targets["worker"] = self.stack.workers[0].pid
+        targets: dict[str, int | None] = dict(pids or {})
+        if pids is None:
+            targets = {"api": self.stack.api.pid, "loadgen": os.getpid()}
+            if self.stack.workers:
+                targets["worker"] = self.stack.workers[0].pid
         spies = [
             subprocess.Popen(
                 [
@@ -478,6 +483,7 @@ class Bench:
                 stderr=subprocess.DEVNULL,
             )
             for role, pid in targets.items()
+            if pid is not None
         ]
         time.sleep(1.0)  # py-spy attaches
         try:

@@ -111,9 +111,13 @@ async def counts(client: Client, workflow_ids: list[str]) -> dict[str, Any]:
 
 
 async def run_turn(
-    bench: Bench, one: Callable[[Bench, str], Awaitable[None]], names: list[str]
+    bench: Bench,
+    one: Callable[[Bench, str], Awaitable[None]],
+    names: list[str],
+    profile: tuple[str, dict[str, int]],
 ) -> tuple[float, dict[str, float]]:
-    """`names` run at `--concurrency` at once: seconds, and CPU seconds per process."""
+    """`names` run at `--concurrency` at once: seconds, and CPU seconds per process (with
+    --profile, py-spy on `profile`'s processes, the file named after it)."""
     gate = asyncio.Semaphore(bench.args.concurrency)
 
     async def gated(name: str) -> None:
@@ -121,11 +125,12 @@ async def run_turn(
             await one(bench, name)
 
     await bench.settle()
-    before = bench.meter.snapshot()
-    started = time.perf_counter()
-    await asyncio.gather(*(gated(n) for n in names))
-    seconds = time.perf_counter() - started
-    after = bench.meter.snapshot()
+    with bench.profiling(*profile):
+        before = bench.meter.snapshot()
+        started = time.perf_counter()
+        await asyncio.gather(*(gated(n) for n in names))
+        seconds = time.perf_counter() - started
+        after = bench.meter.snapshot()
     return seconds, {role: after[role] - before[role] for role in after}
 
 
@@ -137,13 +142,18 @@ async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]
     seconds = dict.fromkeys(VARIANTS, 0.0)
     cpu: dict[str, Counter[str]] = {variant: Counter() for variant in VARIANTS}
     half = count // 2
-    for variant, part in (
-        ("order", slice(0, half)),
-        ("floor", slice(0, half)),
-        ("floor", slice(half, count)),
-        ("order", slice(half, count)),
+    worker_pid = {"order": bench.stack.workers[0].pid, "floor": bench.trivial_worker.pid}
+    for turn, (variant, part) in enumerate(
+        (
+            ("order", slice(0, half)),
+            ("floor", slice(0, half)),
+            ("floor", slice(half, count)),
+            ("order", slice(half, count)),
+        )
     ):
-        taken, used = await run_turn(bench, runs[variant], names[variant][part])
+        pid = worker_pid[variant]
+        profile = (f"whole-{variant}-{turn}", {"worker": pid} if pid else {})
+        taken, used = await run_turn(bench, runs[variant], names[variant][part], profile)
         seconds[variant] += taken
         cpu[variant].update(used)
     workflow_ids = {
