@@ -16,13 +16,17 @@ Each in three shapes: one call at a time (p50), a closed loop of `--concurrency`
 counts from when it was due). The variants take turns (floor, http, trivial, trivial, http, floor:
 each gets half its calls in each half) so that a drift of the machine favours none.
 
-Then: orders placed and dispatched over HTTP until invoiced (CPU seconds per order in each
-process, the happy path's history), fulfilled orders per second with 1, 2 and 4 fresh workers when
-steps wait on I/O and each worker's activity slots bind, the time from a cancellation to the abort
-of the step it interrupted, and the fulfillment simulation's open loop at 200/s
-(bench/simulation_load.py, its own stack). Writes bench/results.json and prints a table.
+Then: whole orders placed and dispatched over HTTP until invoiced, against a floor of the
+order's shape (bench/whole_orders.py, bench/order_floor.py): orders per second, CPU seconds per
+order in each process, history events, workflow tasks and Temporal Cloud's billable actions
+(bench/billable_actions.py); fulfilled orders per second with 1, 2 and 4 fresh workers when
+steps wait on I/O and each worker's activity slots bind, the time from a cancellation to the
+abort of the step it interrupted, the fulfillment simulation's open loop at 200/s
+(bench/simulation_load.py, its own stack), and the machine's capacity in whole orders
+(bench/capacity.py, its own stack). Writes bench/results.json and prints a table with every
+target met or missed.
 
-    python -m bench [--quick] [--json bench/results.json] [--profile DIR]
+    python -m bench [--quick] [--json bench/results.json] [--profile DIR] [--capacity-args '...']
 """
 
 from __future__ import annotations

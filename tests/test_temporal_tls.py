@@ -396,7 +396,8 @@ async def invoice_an_order(front: Front, api_url: str) -> str:
         deadline = time.monotonic() + 30
         while True:
             order = (await http.get(f"/pvt/orders/{seller_order_id}")).json()
-            if order["status"] == "invoiced":
+            # Invoiced, and the invoice sent: the status moves before the marketplace is told.
+            if order["status"] == "invoiced" and order["invoice"]["sentAt"]:
                 break
             assert time.monotonic() < deadline, order
             await asyncio.sleep(0.1)
