@@ -4,6 +4,8 @@ The definition is Temporal's own, "Temporal Cloud Actions" (https://docs.tempora
 the documentation repository's docs/evaluate/temporal-cloud/actions.mdx), as read on 2026-12-07:
 
 - a workflow started (client start, continue-as-new, child start): 1 (WORKFLOW_EXECUTION_STARTED);
+- a signal-with-start: 1 in all, whether or not it started the workflow (a run whose second event
+  is the signal it was started with counts that signal in its start);
 - a timer started, the SDK's implicit ones included (`wait_condition(timeout=...)`): 1;
 - a search-attribute upsert: 1 per UpsertSearchAttributes command, however many attributes it
   carries; those given at the start are free, and so is one that sets only TemporalChangeVersion;
@@ -12,13 +14,17 @@ the documentation repository's docs/evaluate/temporal-cloud/actions.mdx), as rea
   (WORKFLOW_EXECUTION_UPDATE_ACCEPTED; a rejected update also costs 1 but leaves no event);
 - an activity started or retried: 1 per attempt (ACTIVITY_TASK_STARTED carries the last
   attempt's number);
-- local activities: every marker a workflow task records counts once for that task (MARKER_RECORDED
-  grouped by the task that recorded them);
-- a child workflow: 2 (START_CHILD_WORKFLOW_EXECUTION_INITIATED: its start and its execution);
+- markers: every marker a workflow task records (local activities' results, patches) counts once
+  for that task (MARKER_RECORDED grouped by the task that recorded them);
+- a child workflow: 2, its start and its execution; the start is the child's own
+  WORKFLOW_EXECUTION_STARTED, so the parent's START_CHILD_WORKFLOW_EXECUTION_INITIATED counts the
+  execution's 1 (count the child's history beside the parent's, as bench/whole_orders.py does);
 - workflow execution options updated: 1.
 
 Not in a history, so not counted here: queries (the Temporal UI's call stack is one), activity
-heartbeats that reach the server, rejected updates, exports, schedules. A happy-path order as
+heartbeats that reach the server, rejected updates, workflow-task heartbeats during a long local
+activity (each one more action), exports, schedules; nor a signal sent to a workflow outside the
+histories counted. A happy-path order as
 the marketplace drives it sends none of them: its steps answer before a heartbeat is due, and
 only a person's GET /pvt/orders/{orderId} queries the order (1 action each read).
 """
@@ -35,7 +41,6 @@ CHANGE_VERSION = "TemporalChangeVersion"
 _ONE_EACH = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "workflow started",
     EventType.EVENT_TYPE_TIMER_STARTED: "timer started",
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: "signal",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "update",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_OPTIONS_UPDATED: "options updated",
 }
@@ -49,6 +54,10 @@ def billable_actions(history: WorkflowHistory) -> Counter[str]:
         kind = event.event_type
         if kind in _ONE_EACH:
             actions[_ONE_EACH[kind]] += 1
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            # The signal of a signal-with-start comes right after the start, and is in its action.
+            if event.event_id != 2:
+                actions["signal"] += 1
         elif kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
             fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
             if set(fields.indexed_fields) - {CHANGE_VERSION}:
@@ -61,9 +70,9 @@ def billable_actions(history: WorkflowHistory) -> Counter[str]:
             task = event.marker_recorded_event_attributes.workflow_task_completed_event_id
             if task not in tasks_with_markers:
                 tasks_with_markers.add(task)
-                actions["local activities (a workflow task's markers)"] += 1
+                actions["markers (a workflow task's)"] += 1
         elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
-            actions["child workflow"] += 2
+            actions["child workflow execution"] += 1
     return actions
 
 

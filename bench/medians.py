@@ -47,7 +47,10 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     whole = {}
     for variant in ("end_to_end", "end_to_end_floor"):
-        figures = [run[variant] for run in runs]
+        # Runs from before the floor existed have no such figures: they are left out.
+        figures = [
+            run[variant] for run in runs if "billable_actions_per_order" in run.get(variant, {})
+        ]
         whole[variant] = {
             key: median([f[key] for f in figures])
             for key in (
@@ -66,7 +69,9 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs),
         "targets": targets,
         "whole_orders": whole,
-        "capacity_orders_per_second": median([run["capacity_orders_per_second"] for run in runs]),
+        "capacity_orders_per_second": median(
+            [run.get("capacity_orders_per_second") for run in runs]
+        ),
     }
 
 

@@ -3,15 +3,15 @@ across the processes.
 
 On make bench's stack (bench/suite.py `running`) with the orders' worker replaced by
 bench/traced_worker.py (its timeline: each activation, the sandbox built, the local activity, the
-completion's round trip, every garbage collection, the event loop held), placements are sent over
-HTTP in an open loop (call i due at start + i / rate, its latency counted from then), while a
-thread of this process samples every SAMPLE_SECONDS the CPU time of the dev server, the worker
-and the API and the machine's runnable threads (/proc). For the slowest calls it prints where the
-time went: the segments of the worker's timeline (bench/placement_timeline.py's), the collections
-and loop holds in the worker during the call, each process's share of a core during it, and the
-most runnable threads seen. Then over every call slower than 3x the median: how many met a
-collection or a held loop in the worker, a busy server (over 0.9 of a core), a full machine
-(more runnable threads than cores).
+completion's round trip, every garbage collection, the event loop late to wake a task: held by
+what ran, or waiting for a core), placements are sent over HTTP in an open loop (call i due at
+start + i / rate, its latency counted from then), while a thread of this process samples every
+SAMPLE_SECONDS the CPU time of the dev server, the worker and the API and the machine's runnable
+threads (/proc). For the slowest calls it prints where the time went: the segments of the worker's
+timeline (bench/placement_timeline.py's), the collections and late wake-ups of the worker's loop
+during the call, each process's share of a core during it, and the most runnable threads seen.
+Then over every call slower than 3x the median: how many met a collection or a late loop in the
+worker, a busy server (over 0.9 of a core), a full machine (more runnable threads than cores).
 
     python -m bench.stall_trace [--rate 20] [--seconds 30] [--slowest 3] [--json FILE]
 """
@@ -50,7 +50,8 @@ class CpuSampler(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(SAMPLE_SECONDS):
             taken = {role: calls.cpu_seconds(pid) for role, pid in self.pids.items()}
-            runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            # This thread is running as it reads: it is not one of the others.
+            runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1
             self.samples.append((time.perf_counter(), taken, runnable))
 
     def during(self, start: float, end: float) -> dict[str, Any]:
@@ -94,21 +95,27 @@ def explain(
         "ms": round((answered - due) * 1000, 1),
         "segments_ms": timeline,
         "worker_gc_ms": worker_events(rows, "gc", due, answered),
-        "worker_loop_held_ms": worker_events(rows, "lag", due, answered),
+        "worker_loop_late_ms": worker_events(rows, "lag", due, answered),
         **sampler.during(due, answered),
     }
 
 
-async def open_loop(b: calls.Bench, rate: float, count: int) -> list[tuple[str, float, float]]:
-    """`count` placements over HTTP at `rate`: (workflow id, due, answered) of each."""
+async def open_loop(
+    b: calls.Bench, rate: float, count: int, failures: list[str] | None = None
+) -> list[tuple[str, float, float]]:
+    """`count` placements over HTTP at `rate`: (workflow id, due, answered) of each answered 200
+    within 30 s; the others' errors go to `failures`."""
     op = b.op("placement", "http")
     done: list[tuple[str, float, float]] = []
 
     async def one(item: tuple[str, bytes], due: float) -> None:
         try:
-            await op(item)
-        finally:
-            done.append((ids.workflow_id(item[0]), due, time.perf_counter()))
+            await asyncio.wait_for(op(item), 30)
+        except Exception as err:  # not a latency: listed apart
+            if failures is not None:
+                failures.append(f"{type(err).__name__}: {err}"[:200])
+            return
+        done.append((ids.workflow_id(item[0]), due, time.perf_counter()))
 
     tasks = []
     start = time.perf_counter() + 0.05
@@ -142,7 +149,8 @@ async def trace(args: argparse.Namespace) -> dict[str, Any]:
                 {r: p for r, p in pids.items() if p is not None} | {"load generator": os.getpid()}
             )
             sampler.start()
-            made = await open_loop(b, args.rate, int(args.rate * args.seconds))
+            failures: list[str] = []
+            made = await open_loop(b, args.rate, int(args.rate * args.seconds), failures)
             await asyncio.sleep(0.5)
             sampler.stopped.set()
             rows = [json.loads(line) for line in timeline.read_text().splitlines()]
@@ -159,6 +167,8 @@ async def trace(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rate": args.rate,
         "calls": len(made),
+        "failed_calls": len(failures),
+        "first_failures": failures[:3],
         "p50_ms": round(median, 1),
         "p99_ms": round(calls.percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies), 1),
@@ -166,7 +176,7 @@ async def trace(args: argparse.Namespace) -> dict[str, Any]:
         "slow_calls": len(slow),
         "slow_calls_meeting": {
             "a collection in the worker": sum(1 for t in traces if t["worker_gc_ms"]),
-            "the worker's loop held": sum(1 for t in traces if t["worker_loop_held_ms"]),
+            "the worker's loop late": sum(1 for t in traces if t["worker_loop_late_ms"]),
             "the server over 0.9 of a core": sum(
                 1 for t in traces if t.get("core_share", {}).get("temporal", 0) > 0.9
             ),

@@ -7,7 +7,8 @@ event to TIMELINE_FILE: an activation handled (`act`, with its jobs), the sandbo
 workflow (`create`), the workflow code run (`activate`), the completion handed to the SDK's core
 (`complete`: for the last activation of a task, the RespondWorkflowTaskCompleted round trip), an
 activity run (`activity`), a garbage collection (`gc`, with its generation), the event loop late
-by more than LAG_MS to wake a task (`lag`: what ran before it held the loop). Times are
+by more than LAG_MS to wake a task (`lag`: what ran before it held the loop, or the process waited
+for a core; the 5 ms ticker that sees it costs a little itself). Times are
 time.perf_counter() (CLOCK_MONOTONIC: one clock for every process of the host).
 
 INSTANT_RESERVATION=1 makes the simulated warehouse's reservation answer at once, without its

@@ -14,7 +14,6 @@ billable actions per order (bench/billable_actions.py), each the mean, with its 
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections import Counter
@@ -31,8 +30,11 @@ from workflows import ids
 from workflows.order import OrderWorkflow
 
 VARIANTS = ("order", "floor")
-# Histories read per variant for the per-order counts.
+# Histories read per variant for the per-order counts: half from each of its turns.
 SAMPLED = 20
+# A call, or an order's whole life, that takes longer has hung: the run stops and says so.
+CALL_DEADLINE = 60.0
+ORDER_DEADLINE = 120.0
 
 
 def floor_workflow_id(name: str) -> str:
@@ -40,23 +42,26 @@ def floor_workflow_id(name: str) -> str:
     return f"floor-{name}"
 
 
-async def place_and_dispatch_order(bench: Bench, order_id: str) -> None:
-    """The order's placement and dispatch over HTTP."""
-    await bench.http.call("POST", "/pvt/orders", bench.placement_body(order_id))
-    await bench.http.call(
-        "POST", f"/pvt/orders/SLR-{order_id}/fulfill", {"marketplaceOrderId": order_id}
+async def whole_order(bench: Bench, order_id: str) -> str:
+    """One order, placed and dispatched over HTTP, until its workflow ends: its status."""
+    await asyncio.wait_for(
+        bench.http.call("POST", "/pvt/orders", bench.placement_body(order_id)), CALL_DEADLINE
     )
-
-
-async def whole_order(bench: Bench, order_id: str) -> None:
-    """One order, placed and dispatched, until its workflow ends."""
-    await place_and_dispatch_order(bench, order_id)
+    dispatch = {"marketplaceOrderId": order_id}
+    await asyncio.wait_for(
+        bench.http.call("POST", f"/pvt/orders/SLR-{order_id}/fulfill", dispatch), CALL_DEADLINE
+    )
     handle = bench.client.get_workflow_handle_for(OrderWorkflow.run, ids.workflow_id(order_id))
-    await handle.result()
+    view = await asyncio.wait_for(handle.result(), ORDER_DEADLINE)
+    return str(view.status)
 
 
-async def whole_floor(bench: Bench, name: str) -> None:
-    """One floor order, placed and dispatched, until its workflow ends."""
+async def whole_floor(bench: Bench, name: str) -> str:
+    """One floor order, placed and dispatched, until its workflow ends: its status."""
+    return await asyncio.wait_for(_floor(bench, name), ORDER_DEADLINE)
+
+
+async def _floor(bench: Bench, name: str) -> str:
     order = FloorOrder(name=name, marketplace_url=bench.stack.marketplace_url)
     workflow_id = floor_workflow_id(name)
     await bench.client.execute_update_with_start_workflow(
@@ -73,17 +78,21 @@ async def whole_floor(bench: Bench, name: str) -> None:
     )
     handle = bench.client.get_workflow_handle_for(OrderFloorWorkflow.run, workflow_id)
     await handle.execute_update(OrderFloorWorkflow.dispatch, order, id="dispatch")
-    await handle.result()
+    return (await handle.result()).status
 
 
 async def with_children(client: Client, workflow_id: str) -> list[WorkflowHistory]:
-    """The run's history, and its child workflows' (a parcel followed), recursively."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    histories = [history]
-    for event in history.events:
-        if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
-            child = event.start_child_workflow_execution_initiated_event_attributes.workflow_id
-            histories += await with_children(client, child)
+    """Every run's history of the workflow (a continue-as-new starts another), and its child
+    workflows' (a parcel followed), recursively."""
+    histories = []
+    async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        handle = client.get_workflow_handle(workflow_id, run_id=run.run_id)
+        histories.append(await handle.fetch_history())
+    for history in list(histories):
+        for event in history.events:
+            if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+                child = event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+                histories += await with_children(client, child)
     return histories
 
 
@@ -112,26 +121,26 @@ async def counts(client: Client, workflow_ids: list[str]) -> dict[str, Any]:
 
 async def run_turn(
     bench: Bench,
-    one: Callable[[Bench, str], Awaitable[None]],
+    one: Callable[[Bench, str], Awaitable[str]],
     names: list[str],
     profile: tuple[str, dict[str, int]],
-) -> tuple[float, dict[str, float]]:
-    """`names` run at `--concurrency` at once: seconds, and CPU seconds per process (with
-    --profile, py-spy on `profile`'s processes, the file named after it)."""
+) -> tuple[float, dict[str, float], Counter[str]]:
+    """`names` run at `--concurrency` at once: seconds, CPU seconds per process, the statuses
+    they ended in (with --profile, py-spy on `profile`'s processes, the file named after it)."""
     gate = asyncio.Semaphore(bench.args.concurrency)
 
-    async def gated(name: str) -> None:
+    async def gated(name: str) -> str:
         async with gate:
-            await one(bench, name)
+            return await one(bench, name)
 
     await bench.settle()
     with bench.profiling(*profile):
         before = bench.meter.snapshot()
         started = time.perf_counter()
-        await asyncio.gather(*(gated(n) for n in names))
+        statuses = Counter(await asyncio.gather(*(gated(n) for n in names)))
         seconds = time.perf_counter() - started
         after = bench.meter.snapshot()
-    return seconds, {role: after[role] - before[role] for role in after}
+    return seconds, {role: after[role] - before[role] for role in after}, statuses
 
 
 async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]], str]:
@@ -141,6 +150,7 @@ async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]
     names = {variant: [new_id() for _ in range(count)] for variant in VARIANTS}
     seconds = dict.fromkeys(VARIANTS, 0.0)
     cpu: dict[str, Counter[str]] = {variant: Counter() for variant in VARIANTS}
+    statuses: dict[str, Counter[str]] = {variant: Counter() for variant in VARIANTS}
     half = count // 2
     worker_pid = {"order": bench.stack.workers[0].pid, "floor": bench.trivial_worker.pid}
     for turn, (variant, part) in enumerate(
@@ -153,19 +163,17 @@ async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]
     ):
         pid = worker_pid[variant]
         profile = (f"whole-{variant}-{turn}", {"worker": pid} if pid else {})
-        taken, used = await run_turn(bench, runs[variant], names[variant][part], profile)
+        taken, used, ended = await run_turn(bench, runs[variant], names[variant][part], profile)
         seconds[variant] += taken
         cpu[variant].update(used)
+        statuses[variant] += ended
+    for variant, ended in statuses.items():
+        if set(ended) != {"invoiced"}:
+            raise RuntimeError(f"{variant}s ended otherwise than invoiced: {dict(ended)}")
+    sampled = {v: n[: SAMPLED // 2] + n[half : half + SAMPLED // 2] for v, n in names.items()}
     workflow_ids = {
-        "order": [ids.workflow_id(n) for n in names["order"][:SAMPLED]],
-        "floor": [floor_workflow_id(n) for n in names["floor"][:SAMPLED]],
-    }
-    views = await asyncio.gather(
-        *(bench.http.call("GET", f"/pvt/orders/SLR-{n}") for n in names["order"][:SAMPLED])
-    )
-    statuses = {
-        "order": sorted({json.loads(view)["status"] for view in views}),
-        "floor": ["invoiced"],  # its workflow's result; a failure would have stopped the run
+        "order": [ids.workflow_id(n) for n in sampled["order"]],
+        "floor": [floor_workflow_id(n) for n in sampled["floor"]],
     }
     # The process that ran the variant's workflows is its `worker`; the other worker idled.
     worker_role = {"order": "worker", "floor": "trivial worker"}
@@ -185,7 +193,7 @@ async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]
             "orders": count,
             "seconds": round(seconds[variant], 2),
             "orders_per_second": round(count / seconds[variant], 2),
-            "statuses": statuses[variant],
+            "statuses": dict(statuses[variant]),
             "cpu_seconds_per_order": {role: round(v, 4) for role, v in per_order.items()},
             **await counts(bench.client, workflow_ids[variant]),
         }

@@ -362,10 +362,20 @@ BENCH_RESULTS = ROOT / "bench" / "results.json"
 
 
 def default_orders(minutes: float) -> int:
-    """Orders for `minutes` at CAPACITY_SHARE of the capacity bench/results.json records."""
-    capacity = json.loads(BENCH_RESULTS.read_text()).get("capacity_orders_per_second")
-    if not capacity:
-        raise SystemExit(f"soak: {BENCH_RESULTS} has no capacity_orders_per_second: make bench")
+    """Orders for `minutes` at CAPACITY_SHARE of the capacity bench/results.json records (measured
+    on the soak's default shape: 2 workers, 0.5 s steps)."""
+    try:
+        capacity = json.loads(BENCH_RESULTS.read_text()).get("capacity_orders_per_second")
+    except (OSError, ValueError, AttributeError) as err:
+        raise SystemExit(
+            f"soak: no capacity to start from ({BENCH_RESULTS}: {err}); run `make bench`, or give "
+            "--orders N"
+        ) from None
+    if not isinstance(capacity, int | float) or capacity <= 0:
+        raise SystemExit(
+            f"soak: {BENCH_RESULTS} records no capacity ({capacity!r}: `make bench` measures it, "
+            "its sweep may have failed); give --orders N"
+        )
     return max(1, round(capacity * CAPACITY_SHARE * minutes * 60))
 
 
@@ -394,11 +404,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", help="where the processes' logs and databases go")
     args = parser.parse_args(argv)
-    if args.overload and args.orders:
+    if args.overload and args.orders is not None:
         parser.error("--overload sets the orders: give one or the other")
+    if args.orders is not None and args.orders < 1:
+        parser.error("--orders must be positive")
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
     if args.overload:
-        args.orders = OVERLOAD_ORDERS * args.minutes / 5
-    args.orders = round(args.orders or default_orders(args.minutes))
+        args.orders = max(1, round(OVERLOAD_ORDERS * args.minutes / 5))
+    if args.orders is None:
+        args.orders = default_orders(args.minutes)
     if args.orders < 1 or args.minutes <= 0 or args.workers < 1:
         parser.error("--orders, --minutes and --workers must be positive")
     signal.signal(signal.SIGTERM, _interrupt)

@@ -33,14 +33,29 @@ def test_an_invoiced_order_refused_a_cancellation_counts_each_kind_once_per_defi
         {
             "workflow started": 1,
             "update": 3,
-            "local activities (a workflow task's markers)": 1,
+            "markers (a workflow task's)": 1,
             "search attributes upserted": 7,
             "timer started": 2,
             "activity attempt": 8,
-            "child workflow": 2,
+            # The child's start is its own history's: its execution is the parent's to count.
+            "child workflow execution": 1,
         }
     )
     assert workflow_tasks(recorded("invoiced_then_refused")) == 14
+
+
+def test_a_signal_with_start_is_one_action() -> None:
+    # The SKU's change notifications: started with the first change's signal, then its burst.
+    history = recorded("sku_changes_burst")
+    signals = sum(
+        1
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    )
+    actions = billable_actions(history)
+    assert history.events[1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    assert actions["workflow started"] == 1
+    assert actions["signal"] == signals - 1
 
 
 def test_the_parcels_run_counts_its_polls_posts_and_timer() -> None:
@@ -100,7 +115,7 @@ def test_retries_markers_and_the_change_version_follow_the_definition() -> None:
                     )
                 ),
             ),
-            event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED),
+            event(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, event_id=8),
             event(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
         ],
     )
@@ -108,7 +123,7 @@ def test_retries_markers_and_the_change_version_follow_the_definition() -> None:
         {
             "workflow started": 1,
             "activity attempt": 3,
-            "local activities (a workflow task's markers)": 2,
+            "markers (a workflow task's)": 2,
             "search attributes upserted": 1,
             "signal": 1,
         }
