@@ -1,11 +1,14 @@
 """The floor of a whole order, for `make bench`: a workflow of the order's shape that does nothing
 else, so that an order's cost can be read against what Temporal and the SDK need for that shape.
 
-The shape of a happy-path order (workflows/order.py): an update-with-start (`place`) whose handler
-waits for a local activity (the reservation), an update (`dispatch`), four activities in sequence
-(pick, pack, ship, invoice), one outbound call (the invoice posted to the marketplace), the end.
-No search attributes, no memo, no timer, no view: every activity answers at once, the outbound call
-is one HTTP POST to the same fake marketplace the orders post to.
+The shape (issue "Cost per order"): an update-with-start (`place`) whose handler waits for a
+local activity (the reservation), an update (`dispatch`), four activities in sequence (pick, pack,
+ship, invoice), one outbound call (an invoice POSTed to the same fake marketplace the orders post
+to), the end. No search attributes, no memo, no timer, no view, no warehouse: every other activity
+answers at once. A happy-path order (workflows/order.py) does all that and more, which is what the
+comparison shows: its steps keep the simulated warehouse's books, it sends the tracking in a second
+activity and POST after the invoice's, holds its lockTTL in a timer, and publishes its status and
+step in search attributes and its view in the memo.
 
 Run by bench/trivial_worker.py (its own process, the orders' worker's SDK set-up) on its own task
 queue; the workflow id is `floor-{name}`.
