@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -72,11 +73,11 @@ def placement_body(order_id: str, endpoint: str) -> dict[str, Any]:
 
 
 async def one_order(
-    http: Http, endpoint: str, order_id: str, due: float, tally: Tally
-) -> float | None:
-    """Place (latency from `due`), then dispatch: `due` if both answered 200, else None. 503s and
-    any other failure (another status, a refused or dropped connection, no answer within
-    CALL_DEADLINE) are counted."""
+    http: Http, client: Client, endpoint: str, order_id: str, due: float, bound: float, tally: Tally
+) -> bool | None:
+    """Place (latency from `due`), then dispatch, then wait for the order: whether it was invoiced
+    within `bound` s of `due`; None if a call failed. 503s and any other failure (another status,
+    a refused or dropped connection, no answer within CALL_DEADLINE) are counted."""
     body = placement_body(order_id, endpoint)
     fulfil = {"marketplaceOrderId": order_id}
     for name, raw in (
@@ -98,7 +99,7 @@ async def one_order(
             else:
                 tally.other_failures.append(f"{name} {status}: {answer[:200]!r}")
             return None
-    return due
+    return await served(client, order_id, due + bound)
 
 
 async def served(client: Client, order_id: str, by: float) -> bool:
@@ -125,12 +126,12 @@ async def at_rate(
     for i, order_id in enumerate(names):
         due = start + i / rate
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        tasks.append(asyncio.create_task(one_order(http, stack.endpoint, order_id, due, tally)))
-    dues = await asyncio.gather(*tasks)
-    placed = [(order_id, due) for order_id, due in zip(names, dues, strict=True) if due is not None]
-    done = await asyncio.gather(*(served(client, o, due + args.order_bound) for o, due in placed))
+        one = one_order(http, client, stack.endpoint, order_id, due, args.order_bound, tally)
+        tasks.append(asyncio.create_task(one))
+    outcomes = await asyncio.gather(*tasks)
+    done = [ok for ok in outcomes if ok is not None]
     # What is still running ends before the next rate starts, so that none inherits a backlog.
-    late = [o for (o, _), ok in zip(placed, done, strict=True) if not ok]
+    late = [o for o, ok in zip(names, outcomes, strict=True) if ok is False]
     deadline = time.perf_counter() + args.drain
     await asyncio.gather(*(served(client, o, deadline) for o in late))
     share = tally.unavailable / max(tally.calls, 1)
@@ -139,7 +140,7 @@ async def at_rate(
         share < MAX_503_SHARE
         and p99 < MAX_PLACEMENT_P99_MS
         and all(done)
-        and len(placed) == count
+        and len(done) == count
         and not tally.other_failures
     )
     return {
@@ -236,7 +237,7 @@ def options(argv: list[str]) -> argparse.Namespace:
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
     """The sweep, with `argv`'s options (make bench passes its own)."""
-    return asyncio.run(sweep(options(argv or [])))
+    return asyncio.run(sweep(options(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
