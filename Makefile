@@ -69,7 +69,7 @@ readme: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
-## soak: 5 minutes of orders at a third of the capacity make bench measured (SOAK_ARGS=--overload: 2,000), a worker and the marketplace killed; then the invariant checker.
+## soak: 5 minutes of orders at 60 % of the capacity make bench measured (SOAK_ARGS=--overload: 2,000), a worker and the marketplace killed; then the invariant checker.
 soak: $(STAMP)
 	$(PY) -m devtools.soak $(SOAK_ARGS)
 

@@ -9,7 +9,7 @@ ones miss it), and no call failed otherwise (another status, a dropped connectio
 30 s). Before the next rate, the late orders of the last one get `--drain` seconds to end. The
 sweep raises the rate by `--step` until one fails, then tries the middle of the last that held and
 the first that failed; the capacity is the highest rate that held (`capacity_orders_per_second`
-in bench/results.json). `make soak` starts its orders at a third of it by default
+in bench/results.json). `make soak` starts its orders at 60 % of it by default
 (devtools/soak.py).
 
 The stack is the soak's (devtools/soak.py: two workers, steps of 0.5 s, the API's default

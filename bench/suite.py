@@ -238,6 +238,7 @@ async def running(workdir: Path, args: argparse.Namespace) -> AsyncIterator[Orde
             "DEFAULT_STOCK": str(STOCK),
             "UPDATE_TIMEOUT_SECONDS": "30",
             "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
+            **({"WAREHOUSE": args.warehouse} if args.warehouse else {}),
             **bytecode_cache(workdir, args.bytecode_cache),
         },
     )
@@ -465,6 +466,11 @@ def parse_args() -> argparse.Namespace:
         dest="bytecode_cache",
         action="store_false",
         help="keep PYTHONDONTWRITEBYTECODE as the environment has it (see bytecode_cache)",
+    )
+    parser.add_argument(
+        "--warehouse",
+        help="the orders' WAREHOUSE (e.g. bench.instant_warehouse:InstantWarehouse.from_settings: "
+        "what an order costs beyond its warehouse); the simulated one by default",
     )
     parser.add_argument("--simulation-rate", type=float, default=200)
     parser.add_argument(
