@@ -222,6 +222,20 @@ async def open_loop(op: Op, items: list[Any], sample: Sample, rate: float) -> No
 # --- the bench ------------------------------------------------------------------------------------
 
 
+def placement_body(marketplace_order_id: str, endpoint: str) -> dict[str, Any]:
+    """A small valid orderPlacement."""
+    return {
+        "marketplaceOrderId": marketplace_order_id,
+        "marketplaceServicesEndpoint": endpoint,
+        "items": [{"id": "bench-sku", "quantity": 1, "seller": "1", "price": 1000}],
+        "shippingData": {
+            "logisticsInfo": [
+                {"itemIndex": 0, "selectedSla": "Normal", "lockTTL": "1d", "price": 500}
+            ]
+        },
+    }
+
+
 def new_id() -> str:
     """A fresh marketplaceOrderId."""
     return f"B{uuid.uuid4().hex[:14]}"
@@ -260,17 +274,8 @@ class Bench:
         )
 
     def placement_body(self, marketplace_order_id: str) -> dict[str, Any]:
-        """A small valid orderPlacement."""
-        return {
-            "marketplaceOrderId": marketplace_order_id,
-            "marketplaceServicesEndpoint": self.stack.endpoint,
-            "items": [{"id": "bench-sku", "quantity": 1, "seller": "1", "price": 1000}],
-            "shippingData": {
-                "logisticsInfo": [
-                    {"itemIndex": 0, "selectedSla": "Normal", "lockTTL": "1d", "price": 500}
-                ]
-            },
-        }
+        """A small valid orderPlacement to this stack's marketplace."""
+        return placement_body(marketplace_order_id, self.stack.endpoint)
 
     # The calls, each way. An item is prepared before the clock starts: what the API parses from
     # the body is the floor's input, ready.

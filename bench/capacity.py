@@ -32,7 +32,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from bench.calls import STOCK, Http, new_id, percentile, settings_for
+from bench.calls import STOCK, Http, new_id, percentile, placement_body, settings_for
 from devtools.processes import ProcessStack
 from worker import connect
 from workflows import ids
@@ -56,20 +56,6 @@ class Tally:
     other_failures: list[str] = field(default_factory=list)
     placement_ms: list[float] = field(default_factory=list)
     placed: list[str] = field(default_factory=list)
-
-
-def placement_body(order_id: str, endpoint: str) -> dict[str, Any]:
-    """A small valid orderPlacement (bench/calls.py's)."""
-    return {
-        "marketplaceOrderId": order_id,
-        "marketplaceServicesEndpoint": endpoint,
-        "items": [{"id": "bench-sku", "quantity": 1, "seller": "1", "price": 1000}],
-        "shippingData": {
-            "logisticsInfo": [
-                {"itemIndex": 0, "selectedSla": "Normal", "lockTTL": "1d", "price": 500}
-            ]
-        },
-    }
 
 
 async def one_order(
