@@ -123,6 +123,11 @@ def settings_for(stack: ProcessStack) -> Settings:
 Op = Callable[[Any], Awaitable[None]]
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, rounded; None when either is missing or zero."""
+    return round(a / b, 2) if a and b else None
+
+
 def percentile(samples: list[float], share: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(samples)
@@ -464,11 +469,16 @@ class Bench:
         ):
             yield
             return
-        targets: dict[str, int | None] = dict(pids or {})
-        if pids is None:
-            targets = {"api": self.stack.api.pid, "loadgen": os.getpid()}
-            if self.stack.workers:
-                targets["worker"] = self.stack.workers[0].pid
+        workers = self.stack.workers
+        targets: dict[str, int | None] = (
+            dict(pids)
+            if pids is not None
+            else {
+                "api": self.stack.api.pid,
+                "loadgen": os.getpid(),
+                "worker": workers[0].pid if workers else None,
+            }
+        )
         spies = [
             subprocess.Popen(
                 [

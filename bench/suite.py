@@ -65,6 +65,7 @@ from bench.calls import (
     closed_loop,
     new_id,
     percentile,
+    ratio,
     rss_mb,
     settings_for,
     uptime,
@@ -279,11 +280,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b, rounded; None when either is missing."""
-    return round(a / b, 2) if a and b else None
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHistor
 from temporalio.common import WorkflowIDConflictPolicy
 
 from bench.billable_actions import billable_actions, workflow_tasks
-from bench.calls import Bench, new_id
+from bench.calls import Bench, new_id, ratio
 from bench.order_floor import FloorOrder, OrderFloorWorkflow
 from workflows import ids
 from workflows.order import OrderWorkflow
@@ -198,11 +198,6 @@ async def end_to_end(bench: Bench, count: int) -> tuple[dict[str, dict[str, Any]
             **await counts(bench.client, workflow_ids[variant]),
         }
     return results, names["order"][0]
-
-
-def ratio(a: float, b: float) -> float | None:
-    """a / b, rounded; None when b is 0."""
-    return round(a / b, 2) if b else None
 
 
 def targets(order: dict[str, Any], floor: dict[str, Any]) -> dict[str, dict[str, Any]]:
