@@ -60,6 +60,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from activities.tls import verifying_context
 from activities.warehouse import (
     AlreadyInvoiced,
     Invoice,
@@ -364,6 +365,7 @@ class HttpWarehouse:
             timeout=timeout_seconds,
             follow_redirects=False,
             headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
+            verify=verifying_context(),
         )
 
     @classmethod

@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.marketplace_hosts import HostPolicy
+from activities.tls import verifying_context
 from activities.warehouse import Invoice, ParcelEvent
 from config import DEFAULT_MARKETPLACE_HOSTS
 from workflows.messages import CamelModel, Tracking
@@ -174,7 +175,9 @@ class MarketplaceClient:
     def from_settings(cls, settings: Settings) -> MarketplaceClient:
         """A client with the timeouts and credentials of the settings."""
         http = httpx.AsyncClient(
-            timeout=settings.marketplace_timeout_seconds, follow_redirects=False
+            timeout=settings.marketplace_timeout_seconds,
+            follow_redirects=False,
+            verify=verifying_context(),
         )
         return cls(
             http,

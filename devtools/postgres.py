@@ -14,6 +14,7 @@ Run by hand: `python -m devtools.postgres` starts one and prints its URL until C
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -30,14 +31,22 @@ from devtools.processes import HOST, free_ports
 
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"
+# Held while PostgreSQL is being installed: one process of the machine installs it.
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "seller-connector-postgresql-install.lock"
 
 
 def server_binaries() -> Path:
     """The folder of `initdb` and `pg_ctl` (the newest version found), installed if missing."""
     found = _find_binaries()
     if found is None:
-        _install_with_apt()
-        found = _find_binaries()
+        # pytest-xdist's workers may all find it missing at once: one installs it while the others
+        # wait, then find it (apt's own lock would fail them instead).
+        with INSTALL_LOCK.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = _find_binaries()
+            if found is None:
+                _install_with_apt()
+                found = _find_binaries()
     if found is None:
         raise RuntimeError(
             "PostgreSQL's server binaries were not found in /usr/lib/postgresql/*/bin nor on PATH"

@@ -773,7 +773,9 @@ def test_the_reference_servers_command(
 # ── The whole stack ─────────────────────────────────────────────────────────────────────────
 
 SKU = "123456789abc"  # the spec's placement example's
-STEP_SECONDS = 0.6
+# Long enough for the mid-pick cancellation to land in the pick under the suite's load (with
+# 0.6 s, a run of `make test` on eight pytest-xdist workers saw it land too late).
+STEP_SECONDS = 1.0
 
 
 async def _what_a_user_sees(stack: Stack, books: SimulatedWarehouse) -> dict[str, Any]:

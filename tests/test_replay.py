@@ -50,11 +50,16 @@ async def _invoiced_then_refused(stack: Stack) -> str:
     return order_id
 
 
+# Where a cancellation is mid-step: pack, or ship if two reads straddled the 0.5 s pack (either
+# history is one canceled mid-step; waiting for pack alone would then wait for nothing).
+MID_STEPS = ("pack", "ship")
+
+
 async def _canceled_mid_step(stack: Stack) -> str:
     order_id = new_order_id()
     await stack.place(order_id)
     await stack.dispatch(order_id)
-    await stack.wait_for(order_id, lambda o: o["currentStep"] == "pack")
+    await stack.wait_for(order_id, lambda o: o["currentStep"] in MID_STEPS)
     assert (await stack.cancel(order_id)).status_code == 200
     return order_id
 
@@ -91,7 +96,7 @@ async def _operator_canceled_mid_step(stack: Stack) -> str:
     order_id = new_order_id()
     await stack.place(order_id)
     await stack.dispatch(order_id)
-    await stack.wait_for(order_id, lambda o: o["currentStep"] == "pack")
+    await stack.wait_for(order_id, lambda o: o["currentStep"] in MID_STEPS)
     await stack.handle(order_id).cancel()
     await stack.wait_for(order_id, lambda o: o["status"] == "canceled")
     return order_id
