@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.source_trees import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CLASS_LINES = 400
 # Patch ids asked by the workflows since the last release: {patch id: "since <version>"}.
@@ -25,7 +27,7 @@ def project_files() -> list[Path]:
 def test_no_class_is_over_400_lines() -> None:
     long = []
     for path in project_files():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse(path)):
             if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_CLASS_LINES:
@@ -36,7 +38,7 @@ def test_no_class_is_over_400_lines() -> None:
 def test_the_workflows_ask_only_the_patches_added_since_the_release() -> None:
     asked = {}
     for path in sorted((ROOT / "workflows").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse(path)):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)

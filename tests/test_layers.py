@@ -30,6 +30,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+from tests.source_trees import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 # Not the project's own Python: hidden folders (the venv, caches) and what builds leave behind.
 SKIPPED_DIRS = {"build", "dist", "__pycache__"}
@@ -79,7 +81,7 @@ def imported_names(module: str, path: Path) -> set[str]:
     `a.b` (a module, or a name in `a`)."""
     is_package = path.name == "__init__.py"
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
